@@ -1,0 +1,3 @@
+"""compliance-worker: blocks cross-border listings in Indonesia's restricted product clusters."""
+
+__version__ = "0.1.0"
