@@ -27,20 +27,20 @@ answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }   # something accep
 our_pid() {
   local pid
   pid="$(cat "$PIDFILE" 2>/dev/null)" || return 1
-  [[ "$pid" =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null \
+  [[ "$pid" =~ ^[0-9]+$ ]] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" \
     | grep -qF "kafka.Kafka $DIR/server.properties" && echo "$pid"
 }
 
 fetch_jars() {   # under a lock, so brokers started in parallel don't fetch at the same time
-  local stamp="$LIBS/.pom.sha256" sum
+  local stamp="$LIBS/.pom.sha256" sum out
   mkdir -p "$ROOT/.cache/kafka"
   exec 8>"$ROOT/.cache/kafka/fetch.lock"; flock 8
   sum="$(sha256sum "$ROOT/kafka/pom.xml" | cut -d' ' -f1)"
   if ! compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null || [[ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]]; then
     echo "kafka: fetching broker jars with maven into $LIBS" >&2
     rm -rf "$LIBS"
-    (cd "$ROOT/kafka" && mvn -q -B -Dstyle.color=never dependency:copy-dependencies \
-      -DoutputDirectory="$LIBS" -DincludeScope=runtime >&2) || die "maven could not fetch the jars (see kafka/pom.xml)"
+    out="$(cd "$ROOT/kafka" && mvn -B dependency:copy-dependencies -DoutputDirectory="$LIBS" \
+      -DincludeScope=runtime 2>&1)" || { echo "$out" | tail -n 30 >&2; die "maven could not fetch the jars (kafka/pom.xml)"; }
     echo "$sum" >"$stamp"
   fi
   exec 8>&-
@@ -83,38 +83,30 @@ appender.file.layout.type = PatternLayout
 appender.file.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = INFO
 rootLogger.appenderRef.file.ref = FILE
-# quiet the chattiest loggers: config dumps, per-segment/partition log lines, the broker's own clients
-logger.config.name = org.apache.kafka.common.config.AbstractConfig
-logger.config.level = WARN
-logger.storage.name = org.apache.kafka.storage.internals.log
-logger.storage.level = WARN
-logger.log.name = kafka.log
-logger.log.level = WARN
-logger.clients.name = org.apache.kafka.clients
-logger.clients.level = WARN
-logger.appinfo.name = org.apache.kafka.common.utils.AppInfoParser
-logger.appinfo.level = WARN
-logger.statechange.name = state.change.logger
-logger.statechange.level = WARN
 EOF
+  local i=0 name   # quiet the chattiest loggers: config dumps, per-segment log lines, the broker's own clients
+  for name in org.apache.kafka.common.config.AbstractConfig org.apache.kafka.storage.internals.log kafka.log \
+      org.apache.kafka.clients org.apache.kafka.common.utils.AppInfoParser state.change.logger; do
+    printf 'logger.q%d.name = %s\nlogger.q%d.level = WARN\n' "$i" "$name" "$i"; i=$((i + 1))
+  done >>"$DIR/log4j2.properties"
 }
 
-# Wait for pid $1 to log "Kafka Server started" and accept connections; fail if it dies or time runs out.
+# Wait for pid $1 to log "Kafka Server started" and accept connections; else set WHY and return 1.
 wait_ready() {
   local pid="$1" deadline=$(( $(date +%s) + TIMEOUT ))
   while (( $(date +%s) < deadline )); do
-    alive "$pid" || fail "broker (pid $pid) exited during startup"
+    alive "$pid" || { WHY="broker (pid $pid) exited during startup"; return 1; }
     grep -q "Kafka Server started" "$LOG" 2>/dev/null && answers "$PORT" && return 0
     sleep 0.2
   done
-  fail "broker (pid $pid) not ready on 127.0.0.1:$PORT after ${TIMEOUT}s"
+  WHY="broker (pid $pid) not ready on 127.0.0.1:$PORT after ${TIMEOUT}s"; return 1
 }
 fail() { { echo "kafka: $1; last 40 lines of $LOG:"; tail -n 40 "$LOG" 2>/dev/null; echo "kafka: log: $LOG"; } >&2; exit 1; }
 
 up() {
   local pid t0
   if pid="$(our_pid)"; then
-    wait_ready "$pid"; echo "kafka: already running (pid $pid) on 127.0.0.1:$PORT (log: $LOG)"; return 0
+    wait_ready "$pid" || fail "$WHY"; echo "kafka: already running (pid $pid) on 127.0.0.1:$PORT (log: $LOG)"; return 0
   fi
   rm -f "$PIDFILE"
   for p in "$PORT" "$CPORT"; do
@@ -129,18 +121,17 @@ up() {
     "${tool[@]}" format --ignore-formatted -t "$("${tool[@]}" random-uuid)" \
       -c "$DIR/server.properties" >>"$LOG" 2>&1 || fail "formatting storage in $DIR/data failed"
   fi
-  setsid "$JAVA" -Xms256m -Xmx512m -XX:+UseSerialGC -XX:+ExitOnOutOfMemoryError -XX:-UsePerfData \
+  setsid "$JAVA" -Xms256m -Xmx512m -XX:+UseSerialGC -XX:+ExitOnOutOfMemoryError \
     -Djava.awt.headless=true -Dlog4j2.configurationFile="$DIR/log4j2.properties" \
     -cp "$LIBS/*" kafka.Kafka "$DIR/server.properties" </dev/null >>"$LOG" 2>&1 &
   pid=$!
   echo "$pid" >"$PIDFILE"
-  wait_ready "$pid"
+  wait_ready "$pid" || { stop "$pid" >/dev/null; rm -f "$PIDFILE"; fail "$WHY"; }
   echo "kafka: ready on 127.0.0.1:$PORT in $(awk -v a="$t0" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}')s (pid $pid, log: $LOG)"
 }
 
-down() {
-  local pid i
-  if ! pid="$(our_pid)"; then rm -f "$PIDFILE"; echo "kafka: not running ($DIR)"; return 0; fi
+stop() {   # SIGTERM pid $1, SIGKILL it if still alive after 30 s
+  local pid="$1" i
   kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < 150; i++)); do alive "$pid" || break; sleep 0.2; done
   if alive "$pid"; then
@@ -148,8 +139,12 @@ down() {
     kill -KILL "$pid" 2>/dev/null || true
     for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.1; done
   fi
+}
+
+down() {
+  local pid
+  if pid="$(our_pid)"; then stop "$pid"; echo "kafka: stopped (pid $pid)"; else echo "kafka: not running ($DIR)"; fi
   rm -f "$PIDFILE"
-  echo "kafka: stopped (pid $pid)"
 }
 
 status() {
