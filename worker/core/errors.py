@@ -13,6 +13,7 @@ class ErrorCode(StrEnum):
     INVALID_JSON = "INVALID_JSON"
     NOT_AN_OBJECT = "NOT_AN_OBJECT"
     SCHEMA_VIOLATION = "SCHEMA_VIOLATION"
+    TOMBSTONE_WITHOUT_KEY = "TOMBSTONE_WITHOUT_KEY"
 
 
 class ComplianceError(Exception):

@@ -159,7 +159,7 @@ def _expect_keys(document: Mapping[str, Any], where: str, required: set[str], op
     missing = sorted(required - document.keys())
     if missing:
         raise _fail(where, f"missing required key {missing[0]!r}")
-    unknown = sorted(set(document) - required - optional)
+    unknown = sorted(set(document) - required - optional, key=str)  # YAML keys may be numbers too
     if unknown:
         raise _fail(where, f"unknown key {unknown[0]!r} (allowed: {', '.join(sorted(required | optional))})")
 
@@ -210,10 +210,15 @@ def parse_policy(document: object) -> Policy:
     if not homes:
         raise _fail("cross_border.home_countries", "must name at least one country")
     for index, country in enumerate(homes):
-        if country not in COUNTRY_CODES:
+        if not isinstance(country, str) or country not in COUNTRY_CODES:
             raise _fail(f"cross_border.home_countries[{index}]", f"{country!r} is not an ISO 3166-1 alpha-2 code")
     signals = _expect(cross_border["signals"], list, "cross_border.signals", "a list")
-    if not signals or len(set(signals)) != len(signals) or not set(signals) <= set(SIGNALS):
+    if (
+        not signals
+        or not all(isinstance(signal, str) for signal in signals)  # a nested list is unhashable: reject, not crash
+        or len(set(signals)) != len(signals)
+        or not set(signals) <= set(SIGNALS)
+    ):
         raise _fail("cross_border.signals", f"must be a non-empty list of distinct values from {list(SIGNALS)}")
 
     raw_clusters = _expect(root["clusters"], dict, "clusters", "a mapping of cluster name to settings")
@@ -310,6 +315,8 @@ def parse_policy_bytes(data: bytes, *, source: str = "policy") -> Policy:
             document = yaml.safe_load(data.decode("utf-8"))
     except (orjson.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InvalidPolicy(f"{source}: not valid YAML or JSON: {exc}") from None
+    except RecursionError:  # PyYAML composes recursively: '[[[[...' must be rejected, not crash the loader
+        raise InvalidPolicy(f"{source}: not valid YAML or JSON: nested too deeply") from None
     try:
         return parse_policy(document)
     except InvalidPolicy as exc:

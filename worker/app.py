@@ -1,0 +1,176 @@
+"""Builds the Faust app from settings: topics, the agent, metrics, health endpoints, and runs the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.sensors.prometheus import setup_prometheus_sensors
+from prometheus_client import CollectorRegistry
+
+from worker import __version__
+from worker.agents import register_agent
+from worker.core import Policy, load_bundled_policy, load_policy_file
+from worker.logs import logging_config
+from worker.metrics import ComplianceMetrics, TopicPartitionOffsets
+from worker.processing import Processor
+from worker.settings import Settings
+from worker.topics import ensure_topics
+
+log = logging.getLogger("worker")
+
+# Throughput knobs (docs/performance.md says what each trades).
+BATCH_MAX = 2000
+BATCH_WITHIN_SECONDS = 0.01
+BROKER_CHECK_TIMEOUT_SECONDS = 2.0
+BROKER_CHECK_CACHE_SECONDS = 1.0
+
+
+@dataclass
+class Runtime:
+    """What the app's views and the agent share: settings, the policy in force, metrics."""
+
+    settings: Settings
+    processor: Processor
+    metrics: ComplianceMetrics
+    started_at: float = field(default_factory=time.time)
+    _broker_ok: bool = False
+    _broker_checked: float = 0.0
+
+    @property
+    def policy(self) -> Policy:
+        return self.processor.policy
+
+
+def load_policy(settings: Settings) -> Policy:
+    return load_policy_file(settings.policy_file) if settings.policy_file else load_bundled_policy()
+
+
+def _consumer_offsets(app: faust.App, topic: str) -> TopicPartitionOffsets:
+    consumer = app.consumer
+    committed = consumer._committed_offset  # noqa: SLF001 - Faust keeps no public accessor
+    return {
+        (tp.topic, tp.partition): (consumer.highwater(tp), committed.get(tp))
+        for tp in consumer.assignment()
+        if tp.topic == topic
+    }
+
+
+async def _broker_reachable(app: faust.App, runtime: Runtime) -> bool:
+    """A metadata round trip through the producer's client, cached briefly so probes stay cheap."""
+    now = time.monotonic()
+    if now - runtime._broker_checked < BROKER_CHECK_CACHE_SECONDS:
+        return runtime._broker_ok
+    client = getattr(getattr(app.producer, "_producer", None), "client", None)
+    ok = False
+    if client is not None:
+        try:
+            ok = bool(await asyncio.wait_for(client.fetch_all_metadata(), BROKER_CHECK_TIMEOUT_SECONDS))
+        except Exception:  # noqa: BLE001 - any failure means "not reachable now"
+            ok = False
+    runtime._broker_ok, runtime._broker_checked = ok, time.monotonic()
+    return ok
+
+
+def create_app(settings: Settings, policy: Policy, registry: CollectorRegistry | None = None) -> faust.App:
+    """The Faust app with its topics, agent, metrics and web views; nothing is started."""
+    registry = registry if registry is not None else CollectorRegistry()
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
+        processing_guarantee=settings.processing_guarantee,
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication_factor,
+        web_port=settings.worker_web_port,
+        web_bind=settings.worker_web_host,
+        web_host=settings.worker_web_host if settings.worker_web_host != "0.0.0.0" else "localhost",
+        web_in_thread=False,
+        datadir=Path(tempfile.gettempdir()) / f"compliance-worker-{settings.app_id}",
+        store="memory://",
+        autodiscover=False,
+        producer_acks=-1,
+        stream_buffer_maxsize=BATCH_MAX * 2,
+        broker_max_poll_records=BATCH_MAX,
+        broker_commit_every=BATCH_MAX * 5,
+        broker_commit_interval=1.0,
+        producer_linger=0.005,
+        consumer_auto_offset_reset="earliest",
+    )
+    metrics = ComplianceMetrics.create(registry)
+    setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")
+    metrics.watch_consumer(lambda: _consumer_offsets(app, settings.input_topic))
+    metrics.set_policy(policy.version, policy.digest, time.time())
+
+    runtime = Runtime(settings, Processor(policy), metrics)
+    app.compliance = runtime  # type: ignore[attr-defined]
+
+    topic_options: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+    input_topic = app.topic(settings.input_topic, **topic_options)
+    decisions_topic = app.topic(settings.decisions_topic, **topic_options)
+    dead_letter_topic = app.topic(settings.dead_letter_topic, **topic_options)
+    register_agent(app, runtime, input_topic, decisions_topic, dead_letter_topic, BATCH_MAX, BATCH_WITHIN_SECONDS)
+
+    @app.page("/healthz")
+    async def healthz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        return web.json({
+            "status": "ok",
+            "version": __version__,
+            "uptime_seconds": round(time.time() - runtime.started_at, 3),
+            "policy_version": runtime.policy.version,
+        })
+
+    @app.page("/readyz")
+    async def readyz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        assigned = sorted(
+            tp.partition for tp in app.consumer.assignment() if tp.topic == settings.input_topic
+        )
+        broker = await _broker_reachable(app, runtime)
+        rebalancing = bool(app.rebalancing)
+        ready = bool(assigned) and broker and not rebalancing
+        body = {
+            "ready": ready,
+            "assigned_partitions": assigned,
+            "broker_reachable": broker,
+            "rebalancing": rebalancing,
+            "policy_version": runtime.policy.version,
+        }
+        return web.json(body, status=200 if ready else 503)
+
+    return app
+
+
+def run_worker(settings: Settings) -> int:
+    """`compliance-worker worker`: configure logging, log the start line, run until stopped."""
+    import logging.config
+
+    logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
+    policy = load_policy(settings)
+    asyncio.run(ensure_topics(settings))
+    app = create_app(settings, policy)
+    log.info(
+        "compliance-worker %s starting: broker %s, input %s, decisions %s, dead letters %s, "
+        "policy %s, guarantee %s, web http://%s:%d (/metrics /healthz /readyz)",
+        __version__, settings.kafka_bootstrap_servers, settings.input_topic, settings.decisions_topic,
+        settings.dead_letter_topic, policy.version, settings.processing_guarantee,
+        settings.worker_web_host, settings.worker_web_port,
+        extra={"event": "starting", "settings": settings.describe(), "policy_version": policy.version},
+    )
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level,
+        logging_config=logging_config(settings.log_level, settings.log_format),
+        quiet=True,
+        redirect_stdouts=False,
+        override_logging=True,
+        console_port=0,
+    )
+    worker.execute_from_commandline()  # exits the process with Faust's exit code
+    return 0

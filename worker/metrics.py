@@ -1,0 +1,101 @@
+"""The worker's domain metrics, grouped in one object created against an injected registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+# Event consumed -> decision acknowledged by the broker: milliseconds when healthy, seconds when not.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TopicPartitionOffsets = Mapping[tuple[str, int], tuple[int, int | None]]
+
+
+class ConsumerLagCollector(Collector):
+    """Per-partition lag computed at scrape time from the consumer's own bookkeeping (no timers)."""
+
+    def __init__(self, read_offsets: Callable[[], TopicPartitionOffsets]) -> None:
+        self._read_offsets = read_offsets
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        lag = GaugeMetricFamily(
+            "compliance_consumer_lag",
+            "Messages in the partition not yet committed by this worker (high watermark - committed offset)",
+            labels=["topic", "partition"],
+        )
+        end = GaugeMetricFamily(
+            "compliance_consumer_end_offset", "High watermark of each assigned input partition",
+            labels=["topic", "partition"],
+        )
+        try:
+            offsets = self._read_offsets()
+        except Exception:  # noqa: BLE001 - a scrape must never fail because the consumer is mid-rebalance
+            offsets = {}
+        for (topic, partition), (highwater, committed) in sorted(offsets.items()):
+            labels = [topic, str(partition)]
+            end.add_metric(labels, highwater)
+            lag.add_metric(labels, max(0, highwater - (committed or 0)))
+        yield lag
+        yield end
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
+
+@dataclass(frozen=True)
+class ComplianceMetrics:
+    """Counters, histograms and gauges named per the contract (compliance_*)."""
+
+    registry: CollectorRegistry
+    decisions: Counter
+    dead_letters: Counter
+    tombstones: Counter
+    latency: Histogram
+    policy_info: Gauge
+    policy_loaded: Gauge
+    batch_size: Histogram
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> ComplianceMetrics:
+        return cls(
+            registry=registry,
+            decisions=Counter(
+                "compliance_decisions", "Decisions published, by outcome and cluster",
+                ["decision", "cluster"], registry=registry,
+            ),
+            dead_letters=Counter(
+                "compliance_dead_letters", "Input messages sent to the dead-letter topic, by error code",
+                ["code"], registry=registry,
+            ),
+            tombstones=Counter(
+                "compliance_tombstones", "Tombstones (product removed) forwarded to the decisions topic",
+                registry=registry,
+            ),
+            latency=Histogram(
+                "compliance_decision_latency_seconds",
+                "Event consumed by the worker -> decision acknowledged by the broker",
+                buckets=LATENCY_BUCKETS, registry=registry,
+            ),
+            policy_info=Gauge(
+                "compliance_policy_info", "The policy in force (value 1), by version and content digest",
+                ["version", "digest"], registry=registry,
+            ),
+            policy_loaded=Gauge(
+                "compliance_policy_loaded_timestamp_seconds", "When the policy in force was loaded",
+                registry=registry,
+            ),
+            batch_size=Histogram(
+                "compliance_batch_size", "Input messages handled per batch",
+                buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000), registry=registry,
+            ),
+        )
+
+    def set_policy(self, version: str, digest: str, loaded_at: float) -> None:
+        self.policy_info.clear()
+        self.policy_info.labels(version=version, digest=digest[:12]).set(1)
+        self.policy_loaded.set(loaded_at)
+
+    def watch_consumer(self, read_offsets: Callable[[], TopicPartitionOffsets]) -> None:
+        self.registry.register(ConsumerLagCollector(read_offsets))

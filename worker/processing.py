@@ -1,0 +1,83 @@
+"""One input message in, one output record out: decode, classify, encode (no Kafka client here)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, NamedTuple
+
+import orjson
+
+from worker.core import InvalidEvent, Policy, classify, decode_event
+from worker.core.clock import format_timestamp
+from worker.core.errors import ErrorCode
+
+DECISION = "decision"
+DEAD_LETTER = "dead_letter"
+TOMBSTONE = "tombstone"
+MAX_ERROR_MESSAGE = 1000
+
+
+class Outcome(NamedTuple):
+    """What to produce for one input message, and what to count."""
+
+    kind: str  # DECISION, DEAD_LETTER or TOMBSTONE
+    key: bytes | None
+    value: bytes | None
+    decision: str | None = None
+    cluster: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+def dead_letter_record(
+    raw: bytes | None, key: bytes | None, topic: str, partition: int, offset: int,
+    code: str, message: str, failed_at: str,
+) -> dict[str, Any]:
+    return {
+        "error": {"code": code, "message": message[:MAX_ERROR_MESSAGE]},
+        "source": {
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "key": None if key is None else key.decode("utf-8", "replace"),
+        },
+        "payload_base64": base64.b64encode(raw or b"").decode("ascii"),
+        "failed_at": failed_at,
+    }
+
+
+class Processor:
+    """Turns input messages into decision, dead-letter or tombstone records under one policy."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def process(
+        self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int, now: float
+    ) -> Outcome:
+        """Never raises for bad input: anything that cannot be decided becomes a dead letter."""
+        if value is None:
+            if key is None:
+                return self._dead_letter(
+                    None, None, topic, partition, offset, now,
+                    ErrorCode.TOMBSTONE_WITHOUT_KEY, "a tombstone (null value) needs the product id as its key",
+                )
+            return Outcome(TOMBSTONE, key, None)
+        try:
+            decision = classify(decode_event(value), self.policy)
+        except InvalidEvent as exc:
+            return self._dead_letter(value, key, topic, partition, offset, now, exc.code, exc.message)
+        record = decision.record(
+            format_timestamp(now), {"topic": topic, "partition": partition, "offset": offset}
+        )
+        return Outcome(
+            DECISION, decision.product_id.encode(), orjson.dumps(record), decision.decision, decision.cluster
+        )
+
+    @staticmethod
+    def _dead_letter(
+        raw: bytes | None, key: bytes | None, topic: str, partition: int, offset: int, now: float,
+        code: str, message: str,
+    ) -> Outcome:
+        record = dead_letter_record(raw, key, topic, partition, offset, code, message, format_timestamp(now))
+        return Outcome(DEAD_LETTER, key, orjson.dumps(record), error_code=code, error_message=message)

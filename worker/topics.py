@@ -1,0 +1,48 @@
+"""Create the worker's topics when they are missing (existing topics are never altered)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from worker.core.errors import ComplianceError
+from worker.settings import Settings
+
+log = logging.getLogger("worker.topics")
+
+
+class BrokerUnavailable(ComplianceError):
+    retriable = True
+
+
+async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Create the input, decisions and dead-letter topics if absent; return the names created."""
+    wanted = [settings.input_topic, settings.decisions_topic, settings.dead_letter_topic]
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=int(timeout * 1000)
+    )
+    try:
+        await asyncio.wait_for(admin.start(), timeout)
+    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        await admin.close()
+        raise BrokerUnavailable(
+            f"cannot reach Kafka at {settings.kafka_bootstrap_servers} within {timeout:.0f}s ({exc.__class__.__name__})"
+        ) from None
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in wanted if name not in existing]
+        if missing:
+            new_topics = [
+                NewTopic(name, settings.topic_partitions, settings.topic_replication_factor) for name in missing
+            ]
+            try:
+                await admin.create_topics(new_topics)
+            except TopicAlreadyExistsError:
+                pass  # another worker created it first
+            log.info("created topics %s", ", ".join(missing), extra={"event": "topics_created", "topics": missing})
+        return missing
+    finally:
+        await admin.close()
