@@ -169,6 +169,8 @@ def validate_event(document: dict[str, Any]) -> ProductEvent:
     product_id = _text(product, "id", "product.id", max_length=MAX_ID_LENGTH)
 
     version = product.get("version")
+    if type(version) is float and version.is_integer():
+        version = int(version)  # JSON (and the schema's "integer") does not tell 7.0 from 7
     if version is not None and (type(version) is not int or not 0 <= version <= MAX_VERSION):
         raise _violation(f"product.version: expected an integer from 0 to 2^63-1, got {_json_type(version)}")
 
