@@ -1,0 +1,176 @@
+"""A real Apache Kafka broker for the test session, and a real worker process per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from tests.integration.kafka import create_topics
+
+ROOT = Path(__file__).resolve().parents[2]
+KAFKA_SCRIPT = ROOT / "scripts" / "kafka.sh"
+TEST_KAFKA_PORT = int(os.environ.get("TEST_KAFKA_PORT", "19092"))
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[str]:
+    """Start a fresh single-node KRaft broker on TEST_KAFKA_PORT for the session; stop it at the end."""
+    home = ROOT / ".cache" / "kafka" / f"test-node-{TEST_KAFKA_PORT}"
+    env = {**os.environ, "KAFKA_PORT": str(TEST_KAFKA_PORT), "KAFKA_HOME_DIR": str(home)}
+    subprocess.run([str(KAFKA_SCRIPT), "down"], env=env, check=False, capture_output=True)
+    shutil.rmtree(home, ignore_errors=True)
+    started = subprocess.run([str(KAFKA_SCRIPT), "up"], env=env, capture_output=True, text=True)
+    if started.returncode != 0:
+        message = f"the test Kafka broker did not start:\n{started.stdout}\n{started.stderr}"
+        if IN_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    sys.stderr.write(started.stdout)
+    try:
+        yield f"127.0.0.1:{TEST_KAFKA_PORT}"
+    finally:
+        subprocess.run([str(KAFKA_SCRIPT), "down"], env=env, check=False, capture_output=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class WorkerProcess:
+    """A `compliance-worker worker` subprocess with its own topics, group and web port."""
+
+    bootstrap: str
+    input_topic: str
+    decisions_topic: str
+    dead_letter_topic: str
+    web_port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "POLICY_", "WORKER_"))}
+        env.update({
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "INPUT_TOPIC": self.input_topic,
+            "DECISIONS_TOPIC": self.decisions_topic,
+            "DEAD_LETTER_TOPIC": self.dead_letter_topic,
+            "APP_ID": f"cw-{self.input_topic}",
+            "WORKER_WEB_PORT": str(self.web_port),
+            "WORKER_WEB_HOST": "127.0.0.1",
+            "LOG_FORMAT": "json",
+        })
+        env.update(extra)
+        return env
+
+    def start(self, **env: str) -> None:
+        executable = Path(sys.executable).with_name("compliance-worker")
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(executable), "worker"], env=self.env(**env), stdout=self._log, stderr=self._log
+        )
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def wait_ready(self, timeout: float = 60.0) -> dict:
+        """Poll /readyz until it answers 200, failing early if the process dies."""
+        import orjson
+
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                pytest.fail(f"worker exited with {self.process.returncode}; log:\n{self.tail_log()}", pytrace=False)
+            try:
+                status, body = self.get("/readyz")
+                last = body
+                if status == 200:
+                    return orjson.loads(body)
+            except OSError as error:
+                last = error
+            time.sleep(0.2)
+        pytest.fail(f"worker not ready after {timeout}s (last: {last!r}); log:\n{self.tail_log()}", pytrace=False)
+
+    def metrics(self) -> str:
+        status, body = self.get("/metrics")
+        assert status == 200
+        return body.decode()
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM and wait; the exit code, or None if it had to be killed."""
+        try:
+            if self.process is None or self.process.poll() is not None:
+                return None if self.process is None else self.process.returncode
+            self.process.terminate()
+            try:
+                return self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+                return None
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+    def tail_log(self, lines: int = 60) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture
+def topics(kafka: str) -> dict[str, str]:
+    """Unique input, decisions and dead-letter topics for one test (4 partitions each)."""
+    suffix = uuid.uuid4().hex[:10]
+    names = {
+        "input": f"it-{suffix}.product-upserts",
+        "decisions": f"it-{suffix}.decisions",
+        "dead_letter": f"it-{suffix}.dead-letter",
+    }
+    create_topics(kafka, list(names.values()), partitions=4)
+    return names
+
+
+@pytest.fixture
+def worker(kafka: str, topics: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A ready worker on this test's topics (tests put `worker.tail_log()` in their failure messages)."""
+    process = WorkerProcess(
+        kafka, topics["input"], topics["decisions"], topics["dead_letter"], free_port(), tmp_path / "worker.log"
+    )
+    process.start()
+    process.wait_ready()
+    yield process
+    process.stop()
