@@ -10,7 +10,8 @@ from prometheus_client.registry import Collector
 
 # Event consumed -> decision acknowledged by the broker: milliseconds when healthy, seconds when not.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-TopicPartitionOffsets = Mapping[tuple[str, int], tuple[int, int | None]]
+# (topic, partition) -> (high watermark, committed offset); either is None until first known.
+TopicPartitionOffsets = Mapping[tuple[str, int], tuple[int | None, int | None]]
 
 
 class ConsumerLagCollector(Collector):
@@ -34,6 +35,8 @@ class ConsumerLagCollector(Collector):
         except Exception:  # noqa: BLE001 - a scrape must never fail because the consumer is mid-rebalance
             offsets = {}
         for (topic, partition), (highwater, committed) in sorted(offsets.items()):
+            if highwater is None:
+                continue  # nothing fetched from this partition yet: lag unknown, not zero
             labels = [topic, str(partition)]
             end.add_metric(labels, highwater)
             lag.add_metric(labels, max(0, highwater - (committed or 0)))
