@@ -71,7 +71,7 @@ def check_lines(
         try:
             decision = classify(decode_event(line.rstrip(b"\r\n")), policy)
         except InvalidEvent as exc:
-            errors[exc.code] += 1
+            errors[str(exc.code)] += 1
             err.write(f"line {line_number}: {exc.code}: {exc.message}\n")
             continue
         decisions[decision.decision] += 1
@@ -102,6 +102,8 @@ def run_check(path: str, policy: Policy, *, summary_json: bool = False) -> int:
             with open(path, "rb") as handle:
                 summary = check_lines(handle, policy, sys.stdout.buffer, sys.stderr, source_name=path, progress=progress)
         sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        raise  # the reader went away: the CLI stops quietly
     except OSError as exc:
         sys.stderr.write(f"compliance-worker check: cannot read {path}: {exc.strerror or exc}\n")
         return 1

@@ -156,12 +156,13 @@ def _fail(where: str, message: str) -> InvalidPolicy:
 
 
 def _expect_keys(document: Mapping[str, Any], where: str, required: set[str], optional: set[str]) -> None:
-    missing = sorted(required - document.keys())
-    if missing:
-        raise _fail(where, f"missing required key {missing[0]!r}")
+    # Unknown keys first: a typo ('category_rule') is the likelier story than a missing key.
     unknown = sorted(set(document) - required - optional, key=str)  # YAML keys may be numbers too
     if unknown:
         raise _fail(where, f"unknown key {unknown[0]!r} (allowed: {', '.join(sorted(required | optional))})")
+    missing = sorted(required - document.keys())
+    if missing:
+        raise _fail(where, f"missing required key {missing[0]!r}")
 
 
 def _expect(value: object, kind: type | tuple[type, ...], where: str, what: str) -> Any:
@@ -305,7 +306,7 @@ def parse_policy(document: object) -> Policy:
     )
 
 
-def parse_policy_bytes(data: bytes, *, source: str = "policy") -> Policy:
+def parse_policy_bytes(data: bytes, *, source: str = "policy document") -> Policy:
     """Parse a policy document given as YAML or JSON bytes (JSON is valid YAML, but orjson is stricter and faster)."""
     try:
         stripped = data.lstrip()
