@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -62,6 +62,10 @@ class ComplianceMetrics:
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ComplianceMetrics:
+        # process_* (CPU, memory, file descriptors) and python_info: the dashboard's process panels need them,
+        # and an own registry does not get them by default.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
         return cls(
             registry=registry,
             decisions=Counter(
