@@ -108,16 +108,16 @@ def overview() -> list[tuple[dict[str, Any], int]]:
               f"sum(job:compliance_events_in:rate1m{{{JOB}}})", "reqps"), 3),
         (stat("Records out", "Decisions + dead letters + tombstones produced per second, whole job, last minute "
               "(recording rule).", f"sum(job:compliance_events_out:rate1m{{{JOB}}})", "reqps"), 3),
-        (stat("Block ratio", "Share of decisions that are block, whole job, last 5 minutes (recording rule).",
+        (stat("Blocked (5m)", "Share of decisions that are block, whole job, last 5 minutes (recording rule).",
               f"max(job:compliance_block_ratio:rate5m{{{JOB}}})", "percentunit"), 2),
-        (stat("Dead-letter ratio", "Share of input messages dead-lettered, whole job, last 5 minutes "
+        (stat("Dead-lettered (5m)", "Share of input messages dead-lettered, whole job, last 5 minutes "
               "(recording rule; the alert fires above 5%).",
               f"max(job:compliance_dead_letter_ratio:rate5m{{{JOB}}})", "percentunit",
               thresholds=[(None, "green"), (0.01, "yellow"), (0.05, "red")]), 2),
-        (stat("Latency p99", "99th percentile decision latency, whole job, last 5 minutes (recording rule; "
+        (stat("p99 latency (5m)", "99th percentile decision latency, whole job, last 5 minutes (recording rule; "
               "the alert fires above 1 s).", f"max(job:compliance_decision_latency_seconds:p99_5m{{{JOB}}})", "s",
               thresholds=[(None, "green"), (0.5, "yellow"), (1, "red")]), 2),
-        (stat("Consumer lag", "Messages not yet committed, summed over all input partitions (recording rule).",
+        (stat("Total lag", "Messages not yet committed, summed over all input partitions (recording rule).",
               f"sum(job_topic:compliance_consumer_lag:sum{{{JOB}}})", "short",
               thresholds=[(None, "green"), (1000, "yellow"), (100000, "red")]), 2),
     ]
