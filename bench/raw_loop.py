@@ -1,0 +1,81 @@
+"""`raw_aiokafka`: the plain batched loop with nothing but aiokafka - the ceiling for a Python client.
+
+    getmany(max_records) -> Processor.process each -> producer.send each (no wait for delivery)
+    -> await the batch's deliveries (acks=all) -> commit the consumed offsets -> next batch
+
+Same at-least-once contract as the worker (a batch is committed only after its outputs are acknowledged),
+same decoding, policy and records; no Faust, no metrics, no web server. Runs until SIGTERM/SIGINT:
+
+    python -m bench.raw_loop --bootstrap 127.0.0.1:9092 --input IN --decisions OUT --dead-letter DLQ --group G
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from worker.core import load_bundled_policy
+from worker.processing import DEAD_LETTER, Processor
+
+
+async def run(args: argparse.Namespace) -> int:
+    processor = Processor(load_bundled_policy())
+    process = processor.process
+    consumer = AIOKafkaConsumer(
+        args.input, bootstrap_servers=args.bootstrap, group_id=args.group, enable_auto_commit=False,
+        auto_offset_reset="earliest", max_poll_records=args.max_records,
+        max_partition_fetch_bytes=4 << 20, fetch_max_bytes=64 << 20,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=args.bootstrap, acks="all", linger_ms=5, max_batch_size=512 << 10,
+        max_request_size=8 << 20,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await producer.start()
+    await consumer.start()
+    handled = 0
+    try:
+        send = producer.send
+        decisions, dead_letters = args.decisions, args.dead_letter
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=100, max_records=args.max_records)
+            if not batches:
+                continue
+            now = time.time()
+            pending = []
+            for messages in batches.values():
+                for m in messages:
+                    outcome = process(m.key, m.value, m.topic, m.partition, m.offset, now)
+                    target = dead_letters if outcome.kind is DEAD_LETTER else decisions
+                    pending.append(await send(target, outcome.value, key=outcome.key))
+            await asyncio.gather(*pending)  # every output acknowledged (acks=all) ...
+            await consumer.commit()  # ... before the batch's offsets are committed
+            handled += len(pending)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        sys.stderr.write(f"raw_loop: handled {handled} events\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--decisions", required=True)
+    parser.add_argument("--dead-letter", required=True)
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--max-records", type=int, default=2000)
+    return asyncio.run(run(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
