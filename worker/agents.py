@@ -6,13 +6,13 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import faust
 from faust.types import EventT
 
-from worker.processing import DEAD_LETTER, DECISION, TOMBSTONE
+from worker.processing import DEAD_LETTER, DECISION, TOMBSTONE, Outcome
 
 if TYPE_CHECKING:
     from worker.app import Runtime
@@ -22,41 +22,108 @@ log = logging.getLogger("worker.agents")
 
 def register_agent(
     app: faust.App, runtime: Runtime, input_topic: faust.TopicT, decisions_topic: faust.TopicT,
-    dead_letter_topic: faust.TopicT, batch_max: int, batch_within: float,
+    dead_letter_topic: faust.TopicT, batch_max: int,
 ) -> faust.types.AgentT:
     decisions_name = decisions_topic.get_topic_name()
     dead_letter_name = dead_letter_topic.get_topic_name()
 
-    def sender() -> Any:
+    async def process_and_send(events: Sequence[EventT]) -> tuple[list[Awaitable[Any]], list[Outcome]]:
         # Under exactly_once the send must join the transaction of the source partition.
-        return app.consumer.transactions.send if app.in_transaction else app.producer.send
-
-    async def handle_batch(events: Sequence[EventT]) -> None:
-        send = sender()
+        send = app.consumer.transactions.send if app.in_transaction else app.producer.send
         process = runtime.processor.process
         now = time.time()
-        pending = []
+        deliveries = []
         outcomes = []
         for event in events:
             message = event.message
             outcome = process(message.key, message.value, message.topic, message.partition, message.offset, now)
             target = dead_letter_name if outcome.kind is DEAD_LETTER else decisions_name
-            pending.append(await send(target, outcome.key, outcome.value, None, None, None))
+            deliveries.append(await send(target, outcome.key, outcome.value, None, None, None))
             outcomes.append(outcome)
-        # Delivery first: take_events acks (and so lets Faust commit) only after this returns.
-        await asyncio.gather(*pending)
+        return deliveries, outcomes
+
+    async def confirm(
+        stream: faust.StreamT, batch: Sequence[tuple[EventT, Any]], deliveries: list[Awaitable[Any]],
+        outcomes: list[Outcome], previous: asyncio.Future[None] | None,
+    ) -> None:
+        """Ack a batch once the broker has acknowledged all of its output, and after the batch before it."""
+        if previous is not None:
+            await previous
+        await asyncio.gather(*deliveries)
         delivered = time.monotonic()
-        record_metrics(runtime, events, outcomes, delivered)
+        for event, sensor_state in batch:
+            ack(stream, event, sensor_state)
+        record_metrics(runtime, [event for event, _ in batch], outcomes, delivered)
 
     @app.agent(input_topic, name="decide")
     async def decide(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(batch_max, within=batch_within):
-            await handle_batch(events)
+        # While one batch waits for the broker's acknowledgement, the next is processed:
+        # at most two batches in flight, acked in order, never before delivery.
+        in_flight: asyncio.Future[None] | None = None
+        try:
+            async for batch in event_batches(stream, batch_max):
+                if in_flight is not None and in_flight.done():
+                    in_flight.result()  # a failed delivery stops the agent before more is sent
+                deliveries, outcomes = await process_and_send([event for event, _ in batch])
+                in_flight = asyncio.ensure_future(confirm(stream, batch, deliveries, outcomes, in_flight))
+        finally:
+            if in_flight is not None:
+                await in_flight
 
     return decide
 
 
-def record_metrics(runtime: Runtime, events: Sequence[EventT], outcomes: Sequence[Any], delivered: float) -> None:
+async def event_batches(stream: faust.StreamT, batch_max: int) -> AsyncIterator[list[tuple[EventT, Any]]]:
+    """Whole batches from the agent's channel queue: whatever is waiting, up to ``batch_max``, without delay.
+
+    This is what Faust's Stream iterator (``faust/_cython/streams.pyx``) does one
+    event at a time, done per batch: the events come from the same queue the
+    conductor fills; each is tracked as unacked (so a rebalance or shutdown waits
+    for it) and reported to the sensors on the way in, and again in ``ack`` on the
+    way out; events of an old consumer generation, or arriving while flow control
+    is suspended for a rebalance, are acked and dropped as the Stream drops them,
+    and the consumer fetches them again from the committed offset.
+    """
+    app = stream.app
+    channel = aiter(stream.channel)  # registers the topic with the conductor, as iterating the stream would
+    queue = channel.queue
+    get, get_nowait, empty = queue.get, queue.get_nowait, queue.empty
+    flow_control = app.flow_control
+    acking_topics = app.topics.acking_topics
+    add_unacked = app.consumer._unacked_messages.add  # noqa: SLF001 - what the Stream iterator itself uses
+    sensors = app.sensors
+    on_message_in, on_event_in = sensors.on_message_in, sensors.on_stream_event_in
+    while True:
+        events = [await get()]
+        while len(events) < batch_max and not empty():
+            events.append(get_nowait())
+        batch = []
+        for event in events:
+            message = event.message
+            if not flow_control.is_active() or message.generation_id != app.consumer_generation_id:
+                ack(stream, event, None)
+                continue
+            tp, offset = message.tp, message.offset
+            if message.topic in acking_topics and not message.tracked:
+                message.tracked = True
+                add_unacked(message)
+                on_message_in(tp, offset, message)
+            batch.append((event, on_event_in(tp, offset, stream, event)))
+        if batch:
+            yield batch
+
+
+def ack(stream: faust.StreamT, event: EventT, sensor_state: Any) -> None:
+    """Ack an event and report it to the sensors, as the Stream iterator does after each event."""
+    message = event.message
+    last_stream_to_ack = event.ack()
+    sensors = stream.app.sensors
+    sensors.on_stream_event_out(message.tp, message.offset, stream, event, sensor_state)
+    if last_stream_to_ack:
+        sensors.on_message_out(message.tp, message.offset, message)
+
+
+def record_metrics(runtime: Runtime, events: Sequence[EventT], outcomes: Sequence[Outcome], delivered: float) -> None:
     """Count per batch, not per event: one label lookup per distinct (decision, cluster) in the batch."""
     metrics = runtime.metrics
     decisions: Counter[tuple[str, str]] = Counter()
@@ -64,17 +131,18 @@ def record_metrics(runtime: Runtime, events: Sequence[EventT], outcomes: Sequenc
     tombstones = 0
     for event, outcome in zip(events, outcomes):
         if outcome.kind is DECISION:
-            decisions[(outcome.decision, outcome.cluster or "none")] += 1
+            decisions[(outcome.decision or "", outcome.cluster or "none")] += 1
         elif outcome.kind is TOMBSTONE:
             tombstones += 1
         else:
-            dead_letters[outcome.error_code] += 1
+            code = outcome.error_code or ""
+            dead_letters[code] += 1
             message = event.message
             log.warning(
                 "dead letter %s from %s[%d]@%d: %s",
-                outcome.error_code, message.topic, message.partition, message.offset, outcome.error_message,
+                code, message.topic, message.partition, message.offset, outcome.error_message,
                 extra={
-                    "event": "dead_letter", "code": outcome.error_code,
+                    "event": "dead_letter", "code": code,
                     "source": {"topic": message.topic, "partition": message.partition, "offset": message.offset},
                 },
             )

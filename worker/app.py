@@ -14,7 +14,7 @@ import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry
 
-from worker import __version__
+from worker import __version__, faust_ext
 from worker.agents import register_agent
 from worker.core import Policy, load_bundled_policy, load_policy_file
 from worker.logs import logging_config
@@ -27,7 +27,6 @@ log = logging.getLogger("worker")
 
 # Throughput knobs (docs/performance.md says what each trades).
 BATCH_MAX = 2000
-BATCH_WITHIN_SECONDS = 0.01
 BROKER_CHECK_TIMEOUT_SECONDS = 2.0
 BROKER_CHECK_CACHE_SECONDS = 1.0
 
@@ -104,6 +103,7 @@ def create_app(settings: Settings, policy: Policy, registry: CollectorRegistry |
         producer_linger=0.005,
         consumer_auto_offset_reset="earliest",
     )
+    app.transport = faust_ext.Transport(app.conf.broker_consumer, app)
     metrics = ComplianceMetrics.create(registry)
     setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")
     metrics.watch_consumer(lambda: _consumer_offsets(app, settings.input_topic))
@@ -116,7 +116,7 @@ def create_app(settings: Settings, policy: Policy, registry: CollectorRegistry |
     input_topic = app.topic(settings.input_topic, **topic_options)
     decisions_topic = app.topic(settings.decisions_topic, **topic_options)
     dead_letter_topic = app.topic(settings.dead_letter_topic, **topic_options)
-    register_agent(app, runtime, input_topic, decisions_topic, dead_letter_topic, BATCH_MAX, BATCH_WITHIN_SECONDS)
+    register_agent(app, runtime, input_topic, decisions_topic, dead_letter_topic, BATCH_MAX)
 
     @app.page("/healthz")
     async def healthz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:

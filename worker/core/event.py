@@ -160,6 +160,133 @@ def decode_event(raw: bytes) -> ProductEvent:
 
 def validate_event(document: dict[str, Any]) -> ProductEvent:
     """Validate a parsed event object against the product-upsert schema."""
+    event = _accept_typical(document)
+    return event if event is not None else validate_event_strictly(document)
+
+
+# --- the fast path -----------------------------------------------------------------------
+# Every event is validated, so the common case of a well-formed event takes one
+# function with no calls per field, and strings that repeat across events
+# (category paths and ids, HS codes, currencies) are checked once and remembered.
+# Anything unusual returns None and goes to validate_event_strictly, which is the
+# reference and the one that explains what is wrong. Tests check that the two agree.
+
+_CACHE_LIMIT = 65_536
+_valid_paths: dict[str, bool] = {}
+_category_ids: dict[str, str | None] = {}
+_hs_codes: dict[str, str | None] = {}
+
+
+def _remember(cache: dict[str, Any], key: str, value: Any) -> Any:
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()  # a flood of distinct strings must not grow memory without bound
+    cache[key] = value
+    return value
+
+
+def _path_ok(path: str) -> bool:
+    known = _valid_paths.get(path)
+    if known is None:
+        known = _remember(
+            _valid_paths, path, 0 < len(path) <= MAX_PATH_LENGTH and CATEGORY_PATH_RE.fullmatch(path) is not None
+        )
+    return known
+
+
+def _normal_category_id(raw: str) -> str | None:
+    try:
+        return _category_ids[raw]
+    except KeyError:
+        pass
+    ok = 0 < len(raw) <= MAX_CATEGORY_ID_LENGTH and CATEGORY_ID_RE.fullmatch(raw) is not None
+    return _remember(_category_ids, raw, (raw.rpartition("/")[2] if raw.startswith("gid:") else raw) if ok else None)
+
+
+def _normal_hs_code(raw: str) -> str | None:
+    try:
+        return _hs_codes[raw]
+    except KeyError:
+        pass
+    ok = 0 < len(raw) <= 16 and HS_CODE_RE.fullmatch(raw) is not None
+    return _remember(_hs_codes, raw, raw.replace(".", "") if ok else None)
+
+
+def _accept_typical(d: dict[str, Any]) -> ProductEvent | None:  # noqa: C901, PLR0911, PLR0912 - one flat pass on purpose
+    """The event if it is valid and unremarkable, else None (never raises)."""
+    event_id = d.get("event_id")
+    if type(event_id) is not str or not 0 < len(event_id) <= MAX_ID_LENGTH:
+        return None
+    value = d.get("event_type")
+    if value is not None and (type(value) is not str or not 0 < len(value) <= MAX_SHORT_TEXT):
+        return None
+    occurred_at = d.get("occurred_at")
+    if occurred_at is not None and (
+        type(occurred_at) is not str or len(occurred_at) > MAX_SHORT_TEXT or TIMESTAMP_RE.fullmatch(occurred_at) is None
+    ):
+        return None
+    product = d.get("product")
+    if type(product) is not dict:
+        return None
+    product_id = product.get("id")
+    if type(product_id) is not str or not 0 < len(product_id) <= MAX_ID_LENGTH:
+        return None
+    version = product.get("version")
+    if version is not None and (type(version) is not int or not 0 <= version <= MAX_VERSION):
+        return None
+    title = product.get("title")
+    if title is not None and (type(title) is not str or not 0 < len(title) <= MAX_TITLE_LENGTH):
+        return None
+    seller = product.get("seller")
+    if type(seller) is not dict:
+        return None
+    seller_id = seller.get("id")
+    if seller_id is not None and (type(seller_id) is not str or not 0 < len(seller_id) <= MAX_ID_LENGTH):
+        return None
+    seller_country = seller.get("country")
+    if type(seller_country) is not str or seller_country not in COUNTRY_CODES:
+        return None
+    ship_from = product.get("ship_from_country")
+    if type(ship_from) is not str or ship_from not in COUNTRY_CODES:
+        return None
+    category = product.get("category")
+    if type(category) is not dict:
+        return None
+    path = category.get("path")
+    if type(path) is not str or not _path_ok(path):
+        return None
+    category_id = category.get("id")
+    if category_id is not None:
+        if type(category_id) is not str:
+            return None
+        category_id = _normal_category_id(category_id)
+        if category_id is None:
+            return None
+    hs_code = product.get("hs_code")
+    if hs_code is not None:
+        if type(hs_code) is not str:
+            return None
+        hs_code = _normal_hs_code(hs_code)
+        if hs_code is None:
+            return None
+    amount = currency = None
+    price = product.get("price")
+    if price is not None:
+        if type(price) is not dict:
+            return None
+        amount, currency = price.get("amount"), price.get("currency")
+        if (
+            type(amount) is not str or not 0 < len(amount) <= 24 or AMOUNT_RE.fullmatch(amount) is None
+            or type(currency) is not str or len(currency) != 3 or CURRENCY_RE.fullmatch(currency) is None
+        ):
+            return None
+    return ProductEvent(
+        event_id, product_id, version, seller_id, seller_country, ship_from, path, category_id, hs_code,
+        amount, currency, occurred_at, title,
+    )
+
+
+def validate_event_strictly(document: dict[str, Any]) -> ProductEvent:
+    """The reference validator: field by field, raising InvalidEvent with a message that names the field."""
     event_id = _text(document, "event_id", "event_id", max_length=MAX_ID_LENGTH)
     _optional_text(document, "event_type", "event_type", max_length=MAX_SHORT_TEXT)
     occurred_at = _optional_matching(
