@@ -1,6 +1,6 @@
 """`make bench` / `python -m bench`: the worker's benchmarks on a real local Kafka broker, one JSON line each.
 
-Benches (default: all but `rss`; pick with --only):
+Benches (default: all but `latency_raw`; pick with --only):
   core          Processor.process (decode + validate + classify + encode) in this process, no broker,
                 next to a bare orjson.loads + orjson.dumps of the same events
   raw_aiokafka  bench.raw_loop: plain batched aiokafka consume -> process -> produce -> commit (the ceiling)
@@ -9,6 +9,7 @@ Benches (default: all but `rss`; pick with --only):
   latency       the worker at a steady --latency-rate events/s: event -> decision latency p50/p99/max
   scale         one worker, then two in one group, on a 2-partition input: aggregate events/s
   rss           the worker over --rss-events (default 1,000,000): RSS after --events vs at the end
+  latency_raw   the latency bench with the raw aiokafka loop in the worker's place (a reference; not default)
 
 The input is generated once (worker.sample.generate: Shopify taxonomy, mixed origins, ~1% malformed) and
 written to fresh topics before the process under test starts. Throughput is counted from the output topics
@@ -45,8 +46,8 @@ from worker.core import load_bundled_policy
 from worker.processing import DEAD_LETTER, Processor
 from worker.sample import generate
 
-BENCHES = ("core", "raw_aiokafka", "naive_faust", "worker", "latency", "scale", "rss")
-DEFAULT_BENCHES = ("core", "raw_aiokafka", "naive_faust", "worker", "latency", "scale")
+BENCHES = ("core", "raw_aiokafka", "naive_faust", "worker", "latency", "scale", "rss", "latency_raw")
+DEFAULT_BENCHES = ("core", "raw_aiokafka", "naive_faust", "worker", "latency", "scale", "rss")
 BROKER_BENCHES = set(BENCHES) - {"core"}
 # One input partition count for raw_aiokafka, naive_faust, worker, latency and rss: the worker's own
 # TOPIC_PARTITIONS default, all owned by the one consumer. Outputs use it too. scale uses 2 input partitions.
@@ -161,6 +162,7 @@ class Outputs:
         self.timestamps = array("q")
         self.create_time_records = 0
         self.latencies_ms: array[int] | None = None
+        self.latency_sent_ms = array("q")  # input timestamp of each latency sample
         self.input_ts: dict[int, array[int]] | None = None
 
     def add(self, message: Any) -> None:
@@ -182,7 +184,9 @@ class Outputs:
             self.duplicates += 1
         seen[offset] = 1
         if self.input_ts is not None and self.latencies_ms is not None:
-            self.latencies_ms.append(message.timestamp - self.input_ts[partition][offset])
+            sent = self.input_ts[partition][offset]
+            self.latencies_ms.append(message.timestamp - sent)
+            self.latency_sent_ms.append(sent)
 
     @property
     def missing(self) -> int:
@@ -214,6 +218,20 @@ class Outputs:
             "seconds": round((last - first) / 1000, 3),
             "per_5s": self.windows(),
         }
+
+
+def per_second_p99(outputs: Outputs) -> list[int]:
+    """p99 latency of the events sent in each second of the run (where a stall shows up)."""
+    assert outputs.latencies_ms is not None
+    start = min(outputs.latency_sent_ms)
+    seconds: dict[int, list[int]] = {}
+    for sent, latency in zip(outputs.latency_sent_ms, outputs.latencies_ms):
+        seconds.setdefault((sent - start) // 1000, []).append(latency)
+    rows = []
+    for second in sorted(seconds):
+        values = sorted(seconds[second])
+        rows.append(values[min(len(values) - 1, int(0.99 * len(values)))])
+    return rows
 
 
 async def read_outputs(kafka: Kafka, topics: Topics, input_ts: dict[int, array[int]] | None = None) -> Outputs:
@@ -329,19 +347,30 @@ class BrokerBenches:
         ))
 
     async def latency(self) -> dict[str, Any]:
-        """The worker, ready and idle; then a paced producer at a steady rate; latency per event from timestamps."""
+        return await self._latency("latency", lambda topics: procs.worker(
+            self.bootstrap, topics, f"bench-{self.run_id}-latency", self.log_dir / "latency-worker.log"
+        ))
+
+    async def latency_raw(self) -> dict[str, Any]:
+        return await self._latency("latency_raw", lambda topics: procs.raw_aiokafka(
+            self.bootstrap, topics, f"bench-{self.run_id}-latency-raw", self.log_dir / "latency-raw.log",
+            RAW_MAX_RECORDS,
+        ))
+
+    async def _latency(self, name: str, make: Callable[[Topics], Proc]) -> dict[str, Any]:
+        """The process, ready and idle; then a paced producer at a steady rate; latency per event from timestamps."""
         args = self.args
-        topics = self.topics("latency")
+        topics = self.topics(name)
         await self.kafka.create(topics)
-        proc = procs.worker(self.bootstrap, topics, f"bench-{self.run_id}-latency", self.log_dir / "latency-worker.log")
-        proc.start()
+        load = os.getloadavg()[0]
+        proc = make(topics).start()
         try:
-            await procs.wait_until(proc, lambda body: bool(body.get("ready")), 120, "ready")
-            say(f"latency: worker ready; producing {args.latency_rate:,} events/s for {args.latency_seconds:g}s")
+            await procs.wait_assigned(proc, 120)
+            say(f"{name}: {proc.name} ready; producing {args.latency_rate:,} events/s for {args.latency_seconds:g}s")
             sent, produce_s, max_behind = await self._paced_produce(
                 topics.input, itertools.cycle(self.events), args.latency_rate, args.latency_seconds
             )
-            await self._run_to_completion("latency", topics, sent, [proc])
+            await self._run_to_completion(name, topics, sent, [proc])
         finally:
             exit_code = proc.stop()
         input_ts: dict[int, array[int]] = {tp.partition: array("q") for tp in topics.input_tps()}
@@ -360,7 +389,7 @@ class BrokerBenches:
             return float(latencies[min(len(latencies) - 1, int(q * len(latencies)))])
 
         line = {
-            "bench": "latency",
+            "bench": name,
             "events": sent,
             "target_rate": args.latency_rate,
             "events_per_s": rate(sent, produce_s),
@@ -372,10 +401,12 @@ class BrokerBenches:
             "producer_max_behind_ms": round(max_behind * 1000, 1),
             "duplicates": outputs.duplicates,
             "missing": outputs.missing,
+            "per_second_p99_ms": per_second_p99(outputs),
             "peak_rss_mb": mib(proc.peak_rss_kb),
+            "loadavg_1m_before": round(load, 2),
             "exit_code": exit_code,
         }
-        say(f"latency: p50 {line['p50_ms']:.0f} ms, p99 {line['p99_ms']:.0f} ms, max {line['max_ms']:.0f} ms")
+        say(f"{name}: p50 {line['p50_ms']:.0f} ms, p99 {line['p99_ms']:.0f} ms, max {line['max_ms']:.0f} ms")
         return line
 
     async def _paced_produce(
@@ -436,6 +467,7 @@ class BrokerBenches:
         topics = self.topics(name, SCALE_PARTITIONS)
         await self.kafka.create(topics)
         app_id = f"bench-{self.run_id}-{name}"
+        load = os.getloadavg()[0]
         started = [
             procs.worker(self.bootstrap, topics, app_id, self.log_dir / f"{name}-worker{i}.log").start()
             for i in range(workers)
@@ -471,6 +503,7 @@ class BrokerBenches:
             "duplicates": outputs.duplicates,
             "missing": outputs.missing,
             "peak_rss_mb": [mib(p.peak_rss_kb) for p in started],
+            "loadavg_1m_before": round(load, 2),
             "exit_codes": exit_codes,
         }
 
@@ -492,6 +525,7 @@ class BrokerBenches:
                 at_mark.update(handled=total, rss=proc.rss_kb, peak=proc.peak_rss_kb)
 
         say(f"rss: {count:,} events written in {preload_s:.1f}s; starting the worker")
+        load = os.getloadavg()[0]
         proc.start()
         try:
             await self._run_to_completion("rss", topics, count, [proc], on_poll=poll)
@@ -513,6 +547,7 @@ class BrokerBenches:
             "peak_growth": round(end_peak / at_mark["peak"], 3),
             "duplicates": outputs.duplicates,
             "missing": outputs.missing,
+            "loadavg_1m_before": round(load, 2),
             "exit_code": exit_code,
         }
         say(f"rss: peak {line['peak_rss_mb_at_mark']} MiB after {mark:,} events, {line['peak_rss_mb']} MiB after {count:,}")
@@ -584,13 +619,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000, help="input events per bench (default 200,000)")
     parser.add_argument("--only", default=",".join(DEFAULT_BENCHES),
-                        help=f"comma-separated benches from {', '.join(BENCHES)} (default: all but rss)")
+                        help=f"comma-separated benches from {', '.join(BENCHES)} (default: all but latency_raw)")
     parser.add_argument("--rss-events", type=int, default=1_000_000, help="events for the rss bench (default 1,000,000)")
     parser.add_argument("--latency-rate", type=int, default=5000, help="events/s of the latency bench (default 5,000)")
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="how long it produces (default 20)")
     parser.add_argument("--core-repeats", type=int, default=3, help="core: best of this many passes (default 3)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the generated input (default 7)")
     parser.add_argument("--bootstrap", help="use the broker at HOST:PORT instead of starting one")
+    parser.add_argument("--log-dir", type=Path,
+                        help="where process logs and results.jsonl go (default .cache/bench/TIME-RUNID)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("BENCH_KAFKA_PORT", "39092")),
                         help="port of the bench's own broker (default $BENCH_KAFKA_PORT or 39092; controller +1000)")
     args = parser.parse_args(argv)
@@ -626,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     run_id = uuid.uuid4().hex[:8]
-    log_dir = ROOT / ".cache" / "bench" / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id}"
+    log_dir = (args.log_dir or ROOT / ".cache" / "bench" / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id}").resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
     results = Results(log_dir / "results.jsonl")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # so a SIGTERM stops processes and broker too

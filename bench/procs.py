@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -51,6 +52,7 @@ def memory_kb(pid: int) -> tuple[int, int]:
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+ASSIGNED_RE = re.compile(r"^raw_loop: assigned [1-9]", re.MULTILINE)
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -175,6 +177,23 @@ def raw_aiokafka(bootstrap: str, topics: Topics, group: str, log_path: Path, max
         "--max-records", str(max_records),
     ]
     return Proc(f"raw_aiokafka {group}", argv, clean_env(), log_path)
+
+
+async def wait_assigned(proc: Proc, timeout: float) -> None:
+    """Until the process has its input partitions: /readyz for the worker, the raw loop's 'assigned' line."""
+    if proc.web_port is not None:
+        await wait_until(proc, lambda body: bool(body.get("ready")), timeout, "ready")
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc.check()
+        try:
+            if ASSIGNED_RE.search(proc.log_path.read_text(errors="replace")):
+                return
+        except FileNotFoundError:
+            pass
+        await asyncio.sleep(0.2)
+    raise HarnessError(f"{proc.name}: no partitions assigned after {timeout:.0f}s; log:\n{proc.tail()}")
 
 
 async def wait_until(proc: Proc, ready: Callable[[dict], bool], timeout: float, what: str) -> dict:

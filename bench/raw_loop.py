@@ -17,17 +17,29 @@ import signal
 import sys
 import time
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 
 from worker.core import load_bundled_policy
 from worker.processing import DEAD_LETTER, Processor
+
+
+class Announce(ConsumerRebalanceListener):
+    """Says on stderr which partitions it got: the harness waits for this line before it starts a clock."""
+
+    async def on_partitions_revoked(self, revoked: object) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: object) -> None:
+        names = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)  # type: ignore[attr-defined]
+        sys.stderr.write(f"raw_loop: assigned {len(names)} partition(s): {' '.join(names)}\n")
+        sys.stderr.flush()
 
 
 async def run(args: argparse.Namespace) -> int:
     processor = Processor(load_bundled_policy())
     process = processor.process
     consumer = AIOKafkaConsumer(
-        args.input, bootstrap_servers=args.bootstrap, group_id=args.group, enable_auto_commit=False,
+        bootstrap_servers=args.bootstrap, group_id=args.group, enable_auto_commit=False,
         auto_offset_reset="earliest", max_poll_records=args.max_records,
         max_partition_fetch_bytes=4 << 20, fetch_max_bytes=64 << 20,
     )
@@ -41,6 +53,7 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signum, stop.set)
     await producer.start()
     await consumer.start()
+    consumer.subscribe([args.input], listener=Announce())
     handled = 0
     try:
         send = producer.send

@@ -1,0 +1,69 @@
+"""`python -m bench` end to end on the test session's broker with tiny sizes: the harness works, the lines parse.
+
+No timing assertions: the numbers of a 2,000-event run on a shared machine mean nothing; `make bench` measures.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS = 2000
+THROUGHPUT_KEYS = {
+    "events", "events_per_s", "outputs", "decisions", "dead_letters", "duplicates", "missing", "seconds",
+    "startup_s", "wall_s", "cpu_s", "peak_rss_mb", "input_partitions", "exit_code",
+}
+
+
+def test_every_bench_prints_one_json_line_and_a_summary(kafka: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "bench", "--events", str(EVENTS),
+            "--only", "core,raw_aiokafka,naive_faust,worker,latency,scale",
+            "--core-repeats", "1", "--latency-rate", "1000", "--latency-seconds", "1",
+            "--bootstrap", kafka, "--log-dir", str(tmp_path / "bench"),
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}"
+    lines = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert [line["bench"] for line in lines] == ["core", "raw_aiokafka", "naive_faust", "worker", "latency", "scale", "summary"]
+    by_bench = {line["bench"]: line for line in lines}
+    assert not any("error" in line for line in lines), result.stderr[-4000:]
+
+    core = by_bench["core"]
+    assert core["events"] == EVENTS and core["events_per_s"] > 0 and core["orjson_roundtrip_events_per_s"] > 0
+    assert core["core/orjson_roundtrip"] > 0
+    assert sum(core["outcomes"].values()) == EVENTS and core["outcomes"]["dead_letter"] > 0
+
+    for name in ("raw_aiokafka", "naive_faust", "worker"):
+        line = by_bench[name]
+        assert THROUGHPUT_KEYS <= set(line), name
+        # Every input event came out exactly once, as a decision or a dead letter.
+        assert (line["events"], line["outputs"], line["missing"], line["duplicates"]) == (EVENTS, EVENTS, 0, 0), name
+        assert line["decisions"] + line["dead_letters"] == EVENTS and line["dead_letters"] > 0, name
+        assert line["events_per_s"] > 0 and line["peak_rss_mb"] > 0, name
+
+    latency = by_bench["latency"]
+    assert latency["events"] == 1000 and latency["missing"] == 0
+    assert 0 <= latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+
+    scale = by_bench["scale"]
+    assert scale["input_partitions"] == 2
+    assert scale["one_worker"]["workers"] == 1 and scale["two_workers"]["workers"] == 2
+    assert scale["two_workers"]["missing"] == 0 and scale["scale_ratio"] > 0
+
+    summary = by_bench["summary"]
+    assert summary["cores"] >= 1 and summary["worker_peak_rss_mb"] > 0 and summary["errors"] == []
+    assert summary["worker/raw_aiokafka"] > 0 and summary["worker/naive_faust"] > 0
+    assert set(summary["targets"]) == {
+        "worker>=5x_naive_faust", "worker>=0.25x_raw_aiokafka", "core>=0.5x_orjson_roundtrip",
+        "latency_p99<50ms", "scale>=1.6x", "rss_flat_within_10%",
+    }
+    assert summary["targets"]["rss_flat_within_10%"] is None  # rss was not asked for
+    assert all(isinstance(summary["targets"][name], bool) for name in summary["targets"] if name != "rss_flat_within_10%")
+    assert (tmp_path / "bench" / "results.jsonl").read_text().splitlines() == result.stdout.splitlines()
