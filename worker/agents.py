@@ -152,9 +152,7 @@ def record_metrics(runtime: Runtime, events: Sequence[EventT], outcomes: Sequenc
         metrics.dead_letters.labels(code).inc(count)
     if tombstones:
         metrics.tombstones.inc(tombstones)
-    observe = metrics.latency.observe
-    for event in events:
-        time_in = event.message.time_in
-        if time_in is not None:
-            observe(max(0.0, delivered - time_in))
+    metrics.latency.observe_many(
+        delivered - time_in for event in events if (time_in := event.message.time_in) is not None
+    )
     metrics.batch_size.observe(len(events))

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from faust.sensors.prometheus import setup_prometheus_sensors
-from prometheus_client import CollectorRegistry
+from aiohttp.web import Response
+from faust.sensors.prometheus import FaustMetrics
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from worker import __version__, faust_ext
 from worker.agents import register_agent
@@ -105,7 +106,8 @@ def create_app(settings: Settings, policy: Policy, registry: CollectorRegistry |
     )
     app.transport = faust_ext.Transport(app.conf.broker_consumer, app)
     metrics = ComplianceMetrics.create(registry)
-    setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")
+    monitor = faust_ext.PrometheusMonitor(metrics=FaustMetrics.create(registry, "faust"))
+    app.monitor = monitor
     metrics.watch_consumer(lambda: _consumer_offsets(app, settings.input_topic))
     metrics.set_policy(policy.version, policy.digest, time.time())
 
@@ -113,10 +115,15 @@ def create_app(settings: Settings, policy: Policy, registry: CollectorRegistry |
     app.compliance = runtime  # type: ignore[attr-defined]
 
     topic_options: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
-    input_topic = app.topic(settings.input_topic, **topic_options)
+    input_topic = app.topic(settings.input_topic, schema=faust_ext.RawSchema(), **topic_options)
     decisions_topic = app.topic(settings.decisions_topic, **topic_options)
     dead_letter_topic = app.topic(settings.dead_letter_topic, **topic_options)
     register_agent(app, runtime, input_topic, decisions_topic, dead_letter_topic, BATCH_MAX)
+
+    @app.page("/metrics")
+    async def metrics_page(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        monitor.sync()
+        return Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.page("/healthz")
     async def healthz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:

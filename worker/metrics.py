@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 from prometheus_client.registry import Collector
 
 # Event consumed -> decision acknowledged by the broker: milliseconds when healthy, seconds when not.
@@ -47,6 +49,46 @@ class ConsumerLagCollector(Collector):
         return []
 
 
+class BatchHistogram(Collector):
+    """A Prometheus histogram fed a batch at a time: one bisect per value, no lock, no per-value call chain.
+
+    Observations and scrapes both run on the worker's event loop, so plain
+    integers suffice; the exposition is the standard _bucket/_sum/_count.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.upper_bounds = tuple(buckets)
+        self._counts = [0] * (len(self.upper_bounds) + 1)  # the last one is +Inf
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        counts, bounds = self._counts, self.upper_bounds
+        total = 0.0
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1
+            total += value
+        self._sum += total
+
+    @property
+    def count(self) -> int:
+        return sum(self._counts)
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
+        cumulative, running = [], 0
+        for bound, count in zip((*map(floatToGoString, self.upper_bounds), "+Inf"), self._counts):
+            running += count
+            cumulative.append((bound, running))
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric([], cumulative, self._sum)
+        yield family
+
+    def describe(self) -> Iterable[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+
 @dataclass(frozen=True)
 class ComplianceMetrics:
     """Counters, histograms and gauges named per the contract (compliance_*)."""
@@ -55,7 +97,7 @@ class ComplianceMetrics:
     decisions: Counter
     dead_letters: Counter
     tombstones: Counter
-    latency: Histogram
+    latency: BatchHistogram
     policy_info: Gauge
     policy_loaded: Gauge
     batch_size: Histogram
@@ -80,10 +122,10 @@ class ComplianceMetrics:
                 "compliance_tombstones", "Tombstones (product removed) forwarded to the decisions topic",
                 registry=registry,
             ),
-            latency=Histogram(
+            latency=BatchHistogram(
                 "compliance_decision_latency_seconds",
                 "Event consumed by the worker -> decision acknowledged by the broker",
-                buckets=LATENCY_BUCKETS, registry=registry,
+                LATENCY_BUCKETS, registry,
             ),
             policy_info=Gauge(
                 "compliance_policy_info", "The policy in force (value 1), by version and content digest",

@@ -21,7 +21,6 @@ from tests.integration.kafka import create_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SCRIPT = ROOT / "scripts" / "kafka.sh"
-TEST_KAFKA_PORT = int(os.environ.get("TEST_KAFKA_PORT", "19092"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -33,9 +32,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[str]:
-    """Start a fresh single-node KRaft broker on TEST_KAFKA_PORT for the session; stop it at the end."""
-    home = ROOT / ".cache" / "kafka" / f"test-node-{TEST_KAFKA_PORT}"
-    env = {**os.environ, "KAFKA_PORT": str(TEST_KAFKA_PORT), "KAFKA_HOME_DIR": str(home)}
+    """A fresh single-node KRaft broker on free ports for this session (so sessions never collide); stopped at the end."""
+    port = int(os.environ.get("TEST_KAFKA_PORT") or free_port())
+    home = ROOT / ".cache" / "kafka" / f"test-node-{port}"
+    env = {
+        **os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(free_port()), "KAFKA_HOME_DIR": str(home),
+    }
     subprocess.run([str(KAFKA_SCRIPT), "down"], env=env, check=False, capture_output=True)
     shutil.rmtree(home, ignore_errors=True)
     started = subprocess.run([str(KAFKA_SCRIPT), "up"], env=env, capture_output=True, text=True)
@@ -46,9 +48,10 @@ def kafka() -> Iterator[str]:
         pytest.skip(message)
     sys.stderr.write(started.stdout)
     try:
-        yield f"127.0.0.1:{TEST_KAFKA_PORT}"
+        yield f"127.0.0.1:{port}"
     finally:
         subprocess.run([str(KAFKA_SCRIPT), "down"], env=env, check=False, capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def free_port() -> int:
