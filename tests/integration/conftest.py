@@ -74,6 +74,11 @@ class WorkerProcess:
     _log: IO[bytes] | None = None
 
     @property
+    def app_id(self) -> str:
+        """The Faust app id, which is also the consumer group."""
+        return f"cw-{self.input_topic}"
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
 
@@ -84,7 +89,7 @@ class WorkerProcess:
             "INPUT_TOPIC": self.input_topic,
             "DECISIONS_TOPIC": self.decisions_topic,
             "DEAD_LETTER_TOPIC": self.dead_letter_topic,
-            "APP_ID": f"cw-{self.input_topic}",
+            "APP_ID": self.app_id,
             "WORKER_WEB_PORT": str(self.web_port),
             "WORKER_WEB_HOST": "127.0.0.1",
             "LOG_FORMAT": "json",
