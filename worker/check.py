@@ -12,7 +12,7 @@ from typing import BinaryIO, TextIO
 import orjson
 
 from worker.core import InvalidEvent, Policy, classify, decode_event
-from worker.core.clock import utc_now
+from worker.core.clock import format_timestamp
 
 PROGRESS_EVERY_SECONDS = 0.5
 
@@ -68,15 +68,16 @@ def check_lines(
     for line_number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        decided_at = time.time()  # the decision time: clusters with an effective_from date depend on it
         try:
-            decision = classify(decode_event(line.rstrip(b"\r\n")), policy)
+            decision = classify(decode_event(line.rstrip(b"\r\n")), policy, decided_at)
         except InvalidEvent as exc:
             errors[str(exc.code)] += 1
             err.write(f"line {line_number}: {exc.code}: {exc.message}\n")
             continue
         decisions[decision.decision] += 1
         clusters[decision.cluster or "none"] += 1
-        write(orjson.dumps(decision.record(utc_now(), {"file": source_name, "line": line_number})))
+        write(orjson.dumps(decision.record(format_timestamp(decided_at), {"file": source_name, "line": line_number})))
         write(b"\n")
         if progress is not None and line_number & 0x3FF == 0:
             now = time.monotonic()

@@ -1,8 +1,10 @@
-"""The decision: block exactly when an item is cross-border and in a restricted cluster."""
+"""The decision: block when an item is cross-border and in a restricted cluster in force, or (when the policy
+says so) a cross-border item below the minimum price; an exempt seller's items are never blocked."""
 
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any, Final, NamedTuple
 
 from worker.core.event import ProductEvent
@@ -19,6 +21,8 @@ class Reason:
     CROSS_BORDER_RESTRICTED_CLUSTER = "CROSS_BORDER_RESTRICTED_CLUSTER"
     DOMESTIC_ITEM = "DOMESTIC_ITEM"
     NOT_RESTRICTED_CATEGORY = "NOT_RESTRICTED_CATEGORY"
+    SELLER_EXEMPT = "SELLER_EXEMPT"
+    CROSS_BORDER_BELOW_MINIMUM_PRICE = "CROSS_BORDER_BELOW_MINIMUM_PRICE"
     # The evidence behind it.
     FOREIGN_SELLER = "FOREIGN_SELLER"
     FOREIGN_SHIP_FROM = "FOREIGN_SHIP_FROM"
@@ -27,6 +31,15 @@ class Reason:
     MATCHED_HS_CODE = MatchKind.HS_CODE
     UNMAPPED_CATEGORY = MatchKind.UNMAPPED
     CATEGORY_ID_PATH_CONFLICT = "CATEGORY_ID_PATH_CONFLICT"
+    CLUSTER_NOT_YET_EFFECTIVE = "CLUSTER_NOT_YET_EFFECTIVE"
+    PRICE_AT_OR_ABOVE_MINIMUM = "PRICE_AT_OR_ABOVE_MINIMUM"
+    HS_EXEMPT_FROM_MINIMUM_PRICE = "HS_EXEMPT_FROM_MINIMUM_PRICE"
+
+
+OUTCOMES: Final = frozenset({
+    Reason.CROSS_BORDER_RESTRICTED_CLUSTER, Reason.DOMESTIC_ITEM, Reason.NOT_RESTRICTED_CATEGORY,
+    Reason.SELLER_EXEMPT, Reason.CROSS_BORDER_BELOW_MINIMUM_PRICE,
+})
 
 
 class Decision(NamedTuple):
@@ -64,8 +77,14 @@ def decision_id(event_id: str, policy_version: str) -> str:
     return hashlib.blake2b(f"{event_id}\x1f{policy_version}".encode(), digest_size=16).hexdigest()
 
 
-def classify(event: ProductEvent, policy: Policy) -> Decision:
-    """Decide one valid event under ``policy``. Pure: same inputs, same decision."""
+def classify(event: ProductEvent, policy: Policy, now: float | None = None) -> Decision:
+    """Decide one valid event under ``policy`` at ``now`` (epoch seconds). Pure: same inputs, same decision.
+
+    ``now`` matters only for clusters with an ``effective_from`` date; when it is None the wall clock is read
+    (then and only then), so a caller that forgets it never blocks before a cluster's date. Callers that need
+    reproducible decisions pass it. Raises InvalidEvent (PRICE_REQUIRED, NO_EXCHANGE_RATE) when the
+    minimum-price rule must judge an item it cannot price.
+    """
     homes = policy.home_countries
     foreign_seller = policy.checks_seller and event.seller_country not in homes
     foreign_origin = policy.checks_ship_from and event.ship_from_country not in homes
@@ -73,13 +92,31 @@ def classify(event: ProductEvent, policy: Policy) -> Decision:
 
     match = policy.match(event.category_path, event.category_id, event.hs_code)
     cluster = match.cluster
+    restricted = cluster is not None
+    not_yet_effective = False
+    if restricted and policy._effective_from and not policy.cluster_in_force(cluster, time.time() if now is None else now):
+        restricted = False
+        not_yet_effective = True
 
-    if cluster is None:
-        reasons = [Reason.NOT_RESTRICTED_CATEGORY]
-    elif cross_border:
-        reasons = [Reason.CROSS_BORDER_RESTRICTED_CLUSTER]
+    blocked = False
+    price_evidence = None
+    exempt_sellers = policy.exempt_sellers
+    if exempt_sellers and event.seller_id in exempt_sellers:
+        reasons = [Reason.SELLER_EXEMPT]
+    elif restricted:
+        blocked = cross_border
+        reasons = [Reason.CROSS_BORDER_RESTRICTED_CLUSTER if cross_border else Reason.DOMESTIC_ITEM]
     else:
-        reasons = [Reason.DOMESTIC_ITEM]
+        reasons = [Reason.NOT_RESTRICTED_CATEGORY]
+        rule = policy.active_minimum_price
+        if rule is not None and cross_border:  # applies_to: cross_border is the only scope so far
+            if rule.exempts(event.hs_code):
+                price_evidence = Reason.HS_EXEMPT_FROM_MINIMUM_PRICE
+            elif rule.is_below(event.price_amount, event.price_currency, policy.version):
+                blocked = True
+                reasons = [Reason.CROSS_BORDER_BELOW_MINIMUM_PRICE]
+            else:
+                price_evidence = Reason.PRICE_AT_OR_ABOVE_MINIMUM
     if foreign_seller:
         reasons.append(Reason.FOREIGN_SELLER)
     if foreign_origin:
@@ -87,13 +124,17 @@ def classify(event: ProductEvent, policy: Policy) -> Decision:
     reasons.append(match.kind)
     if match.conflict:
         reasons.append(Reason.CATEGORY_ID_PATH_CONFLICT)
+    if not_yet_effective:
+        reasons.append(Reason.CLUSTER_NOT_YET_EFFECTIVE)
+    if price_evidence is not None:
+        reasons.append(price_evidence)
 
     return Decision(
         decision_id(event.event_id, policy.version),
         event.event_id,
         event.product_id,
         event.product_version,
-        BLOCK if cross_border and cluster is not None else ALLOW,
+        BLOCK if blocked else ALLOW,
         cross_border,
         cluster,
         tuple(reasons),

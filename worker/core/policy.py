@@ -6,6 +6,8 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Context, Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -14,7 +16,7 @@ import orjson
 import yaml
 
 from worker.core.countries import COUNTRY_CODES
-from worker.core.errors import InvalidPolicy
+from worker.core.errors import ErrorCode, InvalidEvent, InvalidPolicy
 
 SIGNALS: Final = ("seller_country", "ship_from_country")
 BUNDLED_POLICY: Final = "default.yaml"
@@ -24,6 +26,21 @@ CLUSTER_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 RULE_ID_RE = re.compile(r"[a-z]{2,3}(?:-[0-9]{1,6}){0,15}")
 HS_PREFIX_RE = re.compile(r"[0-9]{2}(?:[0-9]{2}){0,4}")
 MAX_RULES = 10_000
+MAX_EXEMPT_SELLERS = 10_000
+MAX_SELLER_ID_LENGTH = 128  # as product.seller.id in the event schema
+MAX_EXCHANGE_RATES = 1_000
+# An RFC 3339 timestamp with its offset, or a bare date (midnight UTC).
+INSTANT_RE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
+    r"(?:T([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2}))?"
+)
+# Decimal strings, never YAML/JSON numbers (which a parser may read as binary floating point).
+AMOUNT_RE = re.compile(r"(?:0|[1-9][0-9]{0,14})(?:\.[0-9]{1,6})?")  # as product.price.amount
+RATE_RE = re.compile(r"(?:0|[1-9][0-9]{0,14})(?:\.[0-9]{1,18})?")
+CURRENCY_RE = re.compile(r"[A-Z]{3}")
+APPLIES_TO: Final = ("cross_border",)
+# Enough digits that amount (21 significant digits) x rate (33) is exact: no rounding anywhere.
+EXACT: Final = Context(prec=64)
 MAX_PATH_DEPTH = 16
 PATH_CACHE_SIZE = 65_536
 
@@ -57,6 +74,78 @@ class CategoryMatch(NamedTuple):
 class Cluster:
     name: str
     title: str
+    effective_from: float | None = None  # epoch seconds; before it the cluster is not restricted
+    effective_from_text: str | None = None  # as written in the policy
+
+
+def parse_instant(text: str) -> float:
+    """Epoch seconds of an RFC 3339 timestamp with offset, or of a date (``2026-12-01`` = midnight UTC).
+
+    Raises ValueError naming what is wrong; the caller adds where it came from.
+    """
+    found = INSTANT_RE.fullmatch(text)
+    if found is None:
+        raise ValueError(f"{text!r} is not a date (2026-12-01) or an RFC 3339 timestamp (2026-12-01T00:00:00Z)")
+    year, month, day, hour, minute, second, fraction, offset = found.groups()
+    if offset is None or offset == "Z":
+        zone = timezone.utc
+    else:
+        hours, minutes = int(offset[1:3]), int(offset[4:6])
+        if hours > 23 or minutes > 59:
+            raise ValueError(f"{text!r} has an impossible UTC offset {offset}")
+        sign = -1 if offset[0] == "-" else 1
+        zone = timezone(sign * timedelta(hours=hours, minutes=minutes))
+    try:
+        moment = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0), tzinfo=zone)
+        epoch = moment.timestamp()
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"{text!r} is not a real date and time ({exc})") from None
+    return epoch + (float(fraction) if fraction else 0.0)
+
+
+@dataclass(frozen=True)
+class MinimumPrice:
+    """Cross-border finished goods below ``amount`` ``currency`` a unit are blocked (Permendag 31/2023, art. 19).
+
+    ``exchange_rates`` maps a currency to the units of ``currency`` that one unit of it is worth.
+    """
+
+    enabled: bool
+    amount: Decimal
+    currency: str
+    applies_to: str
+    exempt_hs_prefixes: frozenset[str]
+    exchange_rates: Mapping[str, Decimal]
+
+    def exempts(self, hs_code: str | None) -> bool:
+        """Whether an HS code falls under an exempt prefix (no HS code: never exempt)."""
+        if hs_code is None or not self.exempt_hs_prefixes:
+            return False
+        prefixes = self.exempt_hs_prefixes
+        return any(hs_code[:length] in prefixes for length in range(2, len(hs_code) + 1, 2))
+
+    def convert(self, amount: str, currency: str, policy_version: str) -> Decimal:
+        """``amount`` in ``currency`` expressed in the rule's currency, exactly (Decimal, no rounding)."""
+        value = Decimal(amount)
+        if currency == self.currency:
+            return value
+        rate = self.exchange_rates.get(currency)
+        if rate is None:
+            raise InvalidEvent(
+                ErrorCode.NO_EXCHANGE_RATE,
+                f"product.price.currency: no exchange rate from {currency!r} to {self.currency!r} in policy {policy_version}",
+            )
+        return EXACT.multiply(value, rate)
+
+    def is_below(self, amount: str | None, currency: str | None, policy_version: str) -> bool:
+        """Whether a price is below the minimum; a missing price cannot be judged and is an error."""
+        if amount is None or currency is None:
+            raise InvalidEvent(
+                ErrorCode.PRICE_REQUIRED,
+                f"product.price: required for cross-border items outside the restricted clusters while policy "
+                f"{policy_version} has a minimum price ({self.amount} {self.currency})",
+            )
+        return self.convert(amount, currency, policy_version) < self.amount
 
 
 def normalize_path(path: str) -> tuple[str, ...]:
@@ -86,6 +175,20 @@ class Policy:
     _by_path: dict[str, Rule] = field(repr=False)
     _by_hs: dict[str, Rule] = field(repr=False)
     _path_cache: dict[str, Rule | None] = field(default_factory=dict, repr=False)
+    # The optional rules; absent, the decision is exactly "cross-border and in a restricted cluster".
+    exempt_sellers: frozenset[str] = frozenset()
+    minimum_price: MinimumPrice | None = None  # as configured, possibly disabled
+    _effective_from: dict[str, float] = field(default_factory=dict, repr=False)  # only clusters with a date
+    active_minimum_price: MinimumPrice | None = field(init=False, repr=False)  # the rule when it is enabled
+
+    def __post_init__(self) -> None:
+        rule = self.minimum_price
+        object.__setattr__(self, "active_minimum_price", rule if rule is not None and rule.enabled else None)
+
+    def cluster_in_force(self, cluster: str, now: float) -> bool:
+        """Whether a restricted cluster's effective date (if any) has been reached at ``now`` (epoch seconds)."""
+        starts = self._effective_from.get(cluster)
+        return starts is None or now >= starts
 
     @property
     def checks_seller(self) -> bool:
@@ -198,7 +301,10 @@ def _cluster_ref(value: object, where: str, clusters: Mapping[str, Cluster]) -> 
 def parse_policy(document: object) -> Policy:
     """Validate a policy document (already parsed from YAML or JSON) and build its indexes."""
     root = _expect(document, dict, "policy", "a mapping")
-    _expect_keys(root, "policy", {"version", "cross_border", "clusters", "category_rules"}, {"description", "hs_fallback"})
+    _expect_keys(
+        root, "policy", {"version", "cross_border", "clusters", "category_rules"},
+        {"description", "hs_fallback", "exempt_sellers", "minimum_price"},
+    )
 
     version = _text(root["version"], "version", 64)
     if VERSION_RE.fullmatch(version) is None:
@@ -231,8 +337,13 @@ def parse_policy(document: object) -> Policy:
         if not isinstance(name, str) or CLUSTER_NAME_RE.fullmatch(name) is None:
             raise _fail(where, "cluster names are lower_snake_case, at most 64 characters")
         settings = _expect(settings, dict, where, "a mapping")
-        _expect_keys(settings, where, {"title"}, set())
-        clusters[name] = Cluster(name, _text(settings["title"], f"{where}.title", 200))
+        _expect_keys(settings, where, {"title"}, {"effective_from"})
+        title = _text(settings["title"], f"{where}.title", 200)
+        if "effective_from" in settings:
+            starts = _instant(settings["effective_from"], f"{where}.effective_from")
+            clusters[name] = Cluster(name, title, starts, settings["effective_from"])
+        else:
+            clusters[name] = Cluster(name, title)
 
     raw_rules = _expect(root["category_rules"], list, "category_rules", "a list")
     if len(raw_rules) > MAX_RULES:
@@ -290,6 +401,9 @@ def parse_policy(document: object) -> Policy:
             by_hs[prefix] = rule
             hs_rules.append(rule)
 
+    exempt_sellers = _parse_exempt_sellers(root["exempt_sellers"]) if "exempt_sellers" in root else frozenset()
+    minimum_price = _parse_minimum_price(root["minimum_price"]) if "minimum_price" in root else None
+
     return Policy(
         version=version,
         description=description,
@@ -303,7 +417,97 @@ def parse_policy(document: object) -> Policy:
         _by_id=by_id,
         _by_path=by_path,
         _by_hs=by_hs,
+        exempt_sellers=exempt_sellers,
+        minimum_price=minimum_price,
+        _effective_from={
+            name: cluster.effective_from for name, cluster in clusters.items() if cluster.effective_from is not None
+        },
     )
+
+
+def _instant(value: object, where: str) -> float:
+    text = _expect(value, str, where, "a date or RFC 3339 timestamp as a string")
+    try:
+        return parse_instant(text)
+    except ValueError as exc:
+        raise _fail(where, str(exc)) from None
+
+
+def _decimal(value: object, where: str, pattern: re.Pattern[str], example: str) -> Decimal:
+    if not isinstance(value, str):
+        raise _fail(where, f"expected a decimal string such as {example!r} (quoted), got {type(value).__name__}")
+    if len(value) > 40 or pattern.fullmatch(value) is None:
+        raise _fail(where, f"{value[:40]!r} is not a decimal such as {example!r}")
+    number = Decimal(value)
+    if number <= 0:
+        raise _fail(where, f"must be greater than 0, got {value!r}")
+    return number
+
+
+def _parse_exempt_sellers(value: object) -> frozenset[str]:
+    sellers = _expect(value, list, "exempt_sellers", "a list of seller ids")
+    if len(sellers) > MAX_EXEMPT_SELLERS:
+        raise _fail("exempt_sellers", f"at most {MAX_EXEMPT_SELLERS} seller ids")
+    seen: set[str] = set()
+    for index, seller in enumerate(sellers):
+        seller_id = _text(seller, f"exempt_sellers[{index}]", MAX_SELLER_ID_LENGTH)
+        if seller_id in seen:
+            raise _fail(f"exempt_sellers[{index}]", f"duplicate seller id {seller_id!r}")
+        seen.add(seller_id)
+    return frozenset(seen)
+
+
+def _parse_minimum_price(value: object) -> MinimumPrice:
+    where = "minimum_price"
+    rule = _expect(value, dict, where, "a mapping")
+    _expect_keys(rule, where, {"enabled", "amount", "currency"}, {"applies_to", "exempt_hs_prefixes", "exchange_rates", "note"})
+    enabled = _expect(rule["enabled"], bool, f"{where}.enabled", "true or false")
+    amount = _decimal(rule["amount"], f"{where}.amount", AMOUNT_RE, "100.00")
+    currency = _expect(rule["currency"], str, f"{where}.currency", "an ISO 4217 currency code")
+    if CURRENCY_RE.fullmatch(currency) is None:
+        raise _fail(f"{where}.currency", f"{currency!r} is not an ISO 4217 currency code (three upper-case letters)")
+    applies_to = rule.get("applies_to", "cross_border")
+    if applies_to not in APPLIES_TO:
+        raise _fail(f"{where}.applies_to", f"{applies_to!r} is not one of {list(APPLIES_TO)}")
+    if "note" in rule:
+        _text(rule["note"], f"{where}.note", 1000)
+
+    raw_prefixes = _expect(rule.get("exempt_hs_prefixes", []), list, f"{where}.exempt_hs_prefixes", "a list of HS prefixes")
+    if len(raw_prefixes) > MAX_RULES:
+        raise _fail(f"{where}.exempt_hs_prefixes", f"at most {MAX_RULES} prefixes")
+    prefixes: set[str] = set()
+    for index, prefix in enumerate(raw_prefixes):
+        at = f"{where}.exempt_hs_prefixes[{index}]"
+        prefix = _expect(prefix, str, at, "a string of digits")
+        if HS_PREFIX_RE.fullmatch(prefix) is None:
+            raise _fail(at, f"malformed prefix {prefix!r}: expected 2, 4, 6, 8 or 10 digits")
+        if prefix in prefixes:
+            raise _fail(at, f"duplicate HS prefix {prefix!r}")
+        prefixes.add(prefix)
+
+    raw_rates = _expect(rule.get("exchange_rates", {}), dict, f"{where}.exchange_rates", "a mapping of currency to rate")
+    if len(raw_rates) > MAX_EXCHANGE_RATES:
+        raise _fail(f"{where}.exchange_rates", f"at most {MAX_EXCHANGE_RATES} rates")
+    rates: dict[str, Decimal] = {}
+    for code, rate in raw_rates.items():
+        at = f"{where}.exchange_rates.{code}"
+        if not isinstance(code, str) or CURRENCY_RE.fullmatch(code) is None:
+            raise _fail(at, f"{code!r} is not an ISO 4217 currency code (three upper-case letters)")
+        if code == currency:
+            raise _fail(at, f"a rate from {currency} to itself; prices in {currency} are compared as they are")
+        rates[code] = _decimal(rate, at, RATE_RE, "0.0000625")
+
+    return MinimumPrice(enabled, amount, currency, applies_to, frozenset(prefixes), rates)
+
+
+class _PolicyLoader(yaml.SafeLoader):
+    """YAML without implicit timestamps: `effective_from: 2026-12-01` stays the string a JSON document would hold."""
+
+
+_PolicyLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def parse_policy_bytes(data: bytes, *, source: str = "policy document") -> Policy:
@@ -313,7 +517,7 @@ def parse_policy_bytes(data: bytes, *, source: str = "policy document") -> Polic
         if stripped.startswith(b"{"):
             document = orjson.loads(data)
         else:
-            document = yaml.safe_load(data.decode("utf-8"))
+            document = yaml.load(data.decode("utf-8"), Loader=_PolicyLoader)  # noqa: S506 - a SafeLoader subclass
     except (orjson.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InvalidPolicy(f"{source}: not valid YAML or JSON: {exc}") from None
     except RecursionError:  # PyYAML composes recursively: '[[[[...' must be rejected, not crash the loader
