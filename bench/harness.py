@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import itertools
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from array import array
@@ -306,6 +309,8 @@ class BrokerBenches:
         try:
             done_at = await self._run_to_completion(name, topics, count, [proc], on_poll=first_output)
             broker_cpu_s = None if broker_cpu is None else (self.broker_cpu() or 0.0) - broker_cpu
+            batches = proc.metric_sums("compliance_batch_size_count") if name == "worker" else None
+            batched = proc.metric_sums("compliance_batch_size_sum") if batches else None
         finally:
             exit_code = proc.stop()
         outputs = await read_outputs(self.kafka, topics)
@@ -324,6 +329,7 @@ class BrokerBenches:
             "broker_cpu_s": None if broker_cpu_s is None else round(broker_cpu_s, 2),
             "peak_rss_mb": mib(proc.peak_rss_kb),
             "input_partitions": topics.input_partitions,
+            **({"mean_batch_size": round(batched / batches, 1)} if batches and batched else {}),
             "loadavg_1m_before": round(load, 2),
             "exit_code": exit_code,
         }
@@ -520,9 +526,14 @@ class BrokerBenches:
         at_mark: dict[str, int] = {}
         proc = procs.worker(self.bootstrap, topics, f"bench-{self.run_id}-rss", self.log_dir / "rss-worker.log")
 
+        series: dict[int, float] = {}  # RSS (MiB) when each further tenth of the input had its output
+
         def poll(total: int) -> None:
             if total >= mark and not at_mark:
                 at_mark.update(handled=total, rss=proc.rss_kb, peak=proc.peak_rss_kb)
+            tenth = min(10, total * 10 // count)
+            if tenth and tenth not in series and proc.rss_kb:
+                series[tenth] = mib(proc.rss_kb)
 
         say(f"rss: {count:,} events written in {preload_s:.1f}s; starting the worker")
         load = os.getloadavg()[0]
@@ -545,6 +556,7 @@ class BrokerBenches:
             "rss_mb_at_end": mib(end_rss),
             "peak_rss_mb": mib(end_peak),
             "peak_growth": round(end_peak / at_mark["peak"], 3),
+            "rss_mb_by_tenth": [series.get(tenth) for tenth in range(1, 11)],
             "duplicates": outputs.duplicates,
             "missing": outputs.missing,
             "loadavg_1m_before": round(load, 2),
@@ -601,6 +613,8 @@ def summary(results: Results, args: argparse.Namespace, started: float, log_dir:
 
 def code_version() -> str:
     """The commit benchmarked, with a note when worker/ has uncommitted changes (numbers belong to the tree)."""
+    if os.environ.get("BENCH_CODE"):
+        return os.environ["BENCH_CODE"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               timeout=10).stdout.strip()
@@ -612,6 +626,34 @@ def code_version() -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------- main
+
+
+def run_at_commit(rev: str) -> int:
+    """Re-run this command with worker/ taken from commit `rev` (git archive into .cache/bench/code-SHA).
+
+    For numbers that belong to a commit, not to a working tree someone is editing: every process under test
+    and the core bench import that copy (PYTHONPATH first, and -P so the checkout's own worker/ stays out).
+    """
+    resolved = subprocess.run(["git", "rev-parse", "--verify", "--short", f"{rev}^{{commit}}"], cwd=ROOT,
+                              capture_output=True, text=True)
+    if resolved.returncode != 0:
+        raise SystemExit(f"python -m bench: --code {rev}: not a commit ({resolved.stderr.strip()})")
+    sha = resolved.stdout.strip()
+    tree = ROOT / ".cache" / "bench" / f"code-{sha}"
+    if not (tree / "worker" / "__init__.py").exists():
+        shutil.rmtree(tree, ignore_errors=True)
+        tree.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", "--format=tar", sha, "worker"], cwd=ROOT, capture_output=True,
+                                 check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tree, filter="data")
+    say(f"benchmarking worker/ as of commit {sha} (copy in {tree})")
+    paths = [str(tree), str(ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "BENCH_CODE_TREE": str(tree),
+           "BENCH_CODE": f"{sha} (--code {rev})"}
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-P", "-m", "bench", *sys.argv[1:]], env)
+    return 1  # not reached
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -626,6 +668,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--core-repeats", type=int, default=3, help="core: best of this many passes (default 3)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the generated input (default 7)")
     parser.add_argument("--bootstrap", help="use the broker at HOST:PORT instead of starting one")
+    parser.add_argument("--code", metavar="REV",
+                        help="benchmark worker/ as committed at REV (e.g. HEAD) instead of the working tree")
     parser.add_argument("--log-dir", type=Path,
                         help="where process logs and results.jsonl go (default .cache/bench/TIME-RUNID)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("BENCH_KAFKA_PORT", "39092")),
@@ -661,6 +705,12 @@ async def run_broker_benches(args: argparse.Namespace, bootstrap: str, broker_pi
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.code and not os.environ.get("BENCH_CODE_TREE"):
+        return run_at_commit(args.code)
+    import worker
+
+    if os.environ.get("BENCH_CODE_TREE") and not Path(worker.__file__).is_relative_to(os.environ["BENCH_CODE_TREE"]):
+        raise SystemExit(f"python -m bench: expected worker/ from {os.environ['BENCH_CODE_TREE']}, got {worker.__file__}")
     started = time.monotonic()
     run_id = uuid.uuid4().hex[:8]
     log_dir = (args.log_dir or ROOT / ".cache" / "bench" / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id}").resolve()

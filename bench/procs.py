@@ -25,7 +25,12 @@ _SETTING_NAMES = {name for name, _ in settings_table()}
 
 
 def clean_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without worker settings, with this checkout on PYTHONPATH (after a --code tree)."""
     env = {k: v for k, v in os.environ.items() if k not in _SETTING_NAMES and not k.startswith("KAFKA_")}
+    paths = [path for path in env.get("PYTHONPATH", "").split(os.pathsep) if path]
+    if str(ROOT) not in paths:
+        paths.append(str(ROOT))
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     env.update(extra)
     return env
 
@@ -140,6 +145,16 @@ class Proc:
         except FileNotFoundError:
             return "(no log)"
 
+    def metric_sums(self, name: str) -> float | None:
+        """The sum over all label sets of a sample `name` on the worker's /metrics, None when unavailable."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as response:
+                text = response.read().decode()
+        except (urllib.error.URLError, OSError):
+            return None
+        values = re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
+        return sum(float(value) for value in values) if values else None
+
     def readyz(self) -> dict | None:
         """The worker's /readyz body when it answers 200, else None."""
         try:
@@ -167,12 +182,12 @@ def naive_faust(bootstrap: str, topics: Topics, app_id: str, log_path: Path, dat
         KAFKA_BOOTSTRAP_SERVERS=bootstrap, INPUT_TOPIC=topics.input, DECISIONS_TOPIC=topics.decisions,
         DEAD_LETTER_TOPIC=topics.dead_letter, APP_ID=app_id, WORKER_WEB_PORT=str(port), BENCH_DATADIR=str(datadir),
     )
-    return Proc(f"naive_faust {app_id}", [sys.executable, "-m", "bench.naive_app"], env, log_path, web_port=port)
+    return Proc(f"naive_faust {app_id}", [sys.executable, "-P", "-m", "bench.naive_app"], env, log_path, web_port=port)
 
 
 def raw_aiokafka(bootstrap: str, topics: Topics, group: str, log_path: Path, max_records: int) -> Proc:
     argv = [
-        sys.executable, "-m", "bench.raw_loop", "--bootstrap", bootstrap, "--input", topics.input,
+        sys.executable, "-P", "-m", "bench.raw_loop", "--bootstrap", bootstrap, "--input", topics.input,
         "--decisions", topics.decisions, "--dead-letter", topics.dead_letter, "--group", group,
         "--max-records", str(max_records),
     ]
