@@ -46,7 +46,7 @@ test-integration: install
 	$(BIN)/pytest tests/integration
 
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	-scripts/kafka.sh down
