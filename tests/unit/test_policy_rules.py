@@ -411,8 +411,8 @@ def test_unquoted_yaml_dates_are_read_as_written_and_digest_like_json() -> None:
     """Plain YAML would turn `2026-12-01` into a date object; the loader keeps the string a JSON document holds."""
     bundled = resources.files("worker.policies").joinpath(BUNDLED_POLICY).read_bytes()
     as_yaml = parse_policy_bytes(
-        bundled.replace(b'    title: "Crafts"\n', b'    title: "Crafts"\n    effective_from: 2026-12-01\n')
-        .replace(b'    title: "Food & beverage"\n', b'    title: "Food & beverage"\n    effective_from: 2026-12-01T07:00:00+07:00\n'),
+        bundled.replace(b'\n    title: "Crafts"\n', b'\n    title: "Crafts"\n    effective_from: 2026-12-01\n', 1)
+        .replace(b'\n    title: "Food & beverage"\n', b'\n    title: "Food & beverage"\n    effective_from: 2026-12-01T07:00:00+07:00\n', 1),
         source="yaml",
     )
     document = copy.deepcopy(_bundled())
@@ -427,6 +427,20 @@ def test_unquoted_yaml_dates_are_read_as_written_and_digest_like_json() -> None:
 def test_unquoted_yaml_date_as_version_is_a_string() -> None:
     bundled = resources.files("worker.policies").joinpath(BUNDLED_POLICY).read_bytes()
     assert parse_policy_bytes(bundled.replace(b'version: "2026.11.0"', b"version: 2026-12-01")).version == "2026-12-01"
+
+
+def test_bundled_policy_examples_of_the_optional_rules_are_valid_when_uncommented() -> None:
+    text = resources.files("worker.policies").joinpath(BUNDLED_POLICY).read_text(encoding="utf-8")
+    tail = text.split("# --- optional rules", 1)[1]
+    examples = yaml.safe_load("\n".join(line[4:] for line in tail.splitlines() if line.startswith("#   ")))
+    assert set(examples) == {"clusters", "exempt_sellers", "minimum_price"}
+    document = copy.deepcopy(_bundled())
+    document["clusters"]["crafts"].update(examples["clusters"]["crafts"])
+    document.update(exempt_sellers=examples["exempt_sellers"], minimum_price=examples["minimum_price"])
+    policy = parse_policy_bytes(orjson.dumps(document))
+    assert policy.clusters["crafts"].effective_from == DEC_1 - 7 * HOUR
+    assert policy.active_minimum_price is not None and policy.exempt_sellers
+    assert classify(item(PHONE, hs_code="4901.99"), policy, DEC_1).reasons[-1] == Reason.HS_EXEMPT_FROM_MINIMUM_PRICE
 
 
 def test_policy_schema_examples_load() -> None:
