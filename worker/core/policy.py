@@ -148,6 +148,10 @@ class MinimumPrice:
         return self.convert(amount, currency, policy_version) < self.amount
 
 
+def _plural(count: int, singular: str, plural: str | None = None) -> str:
+    return f"{count:,} {singular if count == 1 else plural or singular + 's'}"
+
+
 def normalize_path(path: str) -> tuple[str, ...]:
     """Split a taxonomy path into case- and whitespace-insensitive segments."""
     return tuple(" ".join(segment.split()).casefold() for segment in path.split(">"))
@@ -184,6 +188,29 @@ class Policy:
     def __post_init__(self) -> None:
         rule = self.minimum_price
         object.__setattr__(self, "active_minimum_price", rule if rule is not None and rule.enabled else None)
+
+    def summary(self) -> str:
+        """One line: what the policy holds and which optional rules are on (for `policy validate`)."""
+        line = (
+            f"version {self.version}, {_plural(len(self.clusters), 'cluster')}, "
+            f"{_plural(len(self.category_rules), 'category rule')}, {_plural(len(self.hs_rules), 'HS rule')} "
+            f"(HS fallback {'on' if self.hs_fallback_enabled else 'off'})"
+        )
+        optional = []
+        dated = [f"{c.name} from {c.effective_from_text}" for c in self.clusters.values() if c.effective_from_text is not None]
+        if dated:
+            optional.append(f"effective dates ({', '.join(dated)})")
+        if self.exempt_sellers:
+            optional.append(_plural(len(self.exempt_sellers), "exempt seller"))
+        rule = self.minimum_price
+        if rule is not None:
+            optional.append(
+                f"minimum price {rule.amount} {rule.currency} for {rule.applies_to.replace('_', '-')} items"
+                f"{'' if rule.enabled else ' (configured, disabled)'}: "
+                f"{_plural(len(rule.exempt_hs_prefixes), 'exempt HS prefix', 'exempt HS prefixes')}, "
+                f"{_plural(len(rule.exchange_rates), 'exchange rate')}"
+            )
+        return f"{line}; optional rules: {'; '.join(optional) if optional else 'none'}"
 
     def cluster_in_force(self, cluster: str, now: float) -> bool:
         """Whether a restricted cluster's effective date (if any) has been reached at ``now`` (epoch seconds)."""
@@ -510,6 +537,15 @@ _PolicyLoader.yaml_implicit_resolvers = {
 }
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: what is wrong and where (its own text spans lines and quotes the source)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        what = "; ".join(part for part in (exc.context, exc.problem) if part)
+        return f"{what} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
+
+
 def parse_policy_bytes(data: bytes, *, source: str = "policy document") -> Policy:
     """Parse a policy document given as YAML or JSON bytes (JSON is valid YAML, but orjson is stricter and faster)."""
     try:
@@ -518,7 +554,9 @@ def parse_policy_bytes(data: bytes, *, source: str = "policy document") -> Polic
             document = orjson.loads(data)
         else:
             document = yaml.load(data.decode("utf-8"), Loader=_PolicyLoader)  # noqa: S506 - a SafeLoader subclass
-    except (orjson.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+    except yaml.YAMLError as exc:
+        raise InvalidPolicy(f"{source}: not valid YAML or JSON: {_yaml_problem(exc)}") from None
+    except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidPolicy(f"{source}: not valid YAML or JSON: {exc}") from None
     except RecursionError:  # PyYAML composes recursively: '[[[[...' must be rejected, not crash the loader
         raise InvalidPolicy(f"{source}: not valid YAML or JSON: nested too deeply") from None
@@ -528,12 +566,17 @@ def parse_policy_bytes(data: bytes, *, source: str = "policy document") -> Polic
         raise InvalidPolicy(f"{source}: {exc.message}") from None
 
 
-def load_policy_file(path: str | Path) -> Policy:
+def read_policy_file(path: str | Path) -> tuple[bytes, Policy]:
+    """The file's bytes and the policy they hold, read once (so what is validated is what gets published)."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise InvalidPolicy(f"{path}: cannot read policy file: {exc.strerror}") from None
-    return parse_policy_bytes(data, source=str(path))
+    return data, parse_policy_bytes(data, source=str(path))
+
+
+def load_policy_file(path: str | Path) -> Policy:
+    return read_policy_file(path)[1]
 
 
 def load_bundled_policy() -> Policy:
