@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 import re
 from decimal import Context, Decimal
@@ -17,6 +18,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from tests.unit.conftest import make_event
+from worker import check
 from worker.core import InvalidEvent, Policy, classify, decode_event, parse_policy
 from worker.core.classify import OUTCOMES, Reason
 from worker.core.errors import ErrorCode
@@ -468,3 +470,33 @@ def test_readme_and_dead_letter_schema_list_every_error_code() -> None:
     schema = json.loads((ROOT / "schemas" / "dead-letter.schema.json").read_text(encoding="utf-8"))
     assert set(schema["properties"]["error"]["properties"]["code"]["enum"]) == set(ErrorCode)
     assert _readme_codes("Dead-letter error codes") == set(ErrorCode)
+
+
+# --- the offline check passes the decision time and reports price errors per line ---------------
+
+
+def test_check_decides_at_the_time_it_stamps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(check.time, "time", lambda: DEC_1 - 1)
+    out, err = io.BytesIO(), io.StringIO()
+    policy = policy_with(effective={"textile_fashion": "2026-12-01"})
+    summary = check.check_lines([orjson.dumps(make_event()) + b"\n"], policy, out, err, source_name="-")
+    record = orjson.loads(out.getvalue())
+    assert (record["decision"], record["decided_at"]) == ("allow", "2026-11-30T23:59:59.000Z")
+    assert record["reasons"][-1] == Reason.CLUSTER_NOT_YET_EFFECTIVE
+    assert summary.decisions == {"allow": 1}
+
+
+def test_check_reports_price_errors_per_line() -> None:
+    lines = [
+        orjson.dumps(make_event(product__category={"path": PHONE}, product__hs_code=..., product__price=price)) + b"\n"
+        for price in ({"amount": "150.00", "currency": "USD"}, {"amount": "12.50", "currency": "EUR"}, ...)
+    ]
+    out, err = io.BytesIO(), io.StringIO()
+    summary = check.check_lines(lines, policy_with(minimum=MIN_PRICE), out, err, source_name="-")
+    assert err.getvalue().splitlines() == [
+        "line 2: NO_EXCHANGE_RATE: product.price.currency: no exchange rate from 'EUR' to 'USD' in policy rules-test-1",
+        "line 3: PRICE_REQUIRED: product.price: required for cross-border items outside the restricted clusters while "
+        "policy rules-test-1 has a minimum price (100.00 USD)",
+    ]
+    assert summary.errors == {"NO_EXCHANGE_RATE": 1, "PRICE_REQUIRED": 1}
+    assert summary.decisions == {"allow": 1}

@@ -80,8 +80,8 @@ def decision_id(event_id: str, policy_version: str) -> str:
 def classify(event: ProductEvent, policy: Policy, now: float | None = None) -> Decision:
     """Decide one valid event under ``policy`` at ``now`` (epoch seconds). Pure: same inputs, same decision.
 
-    ``now`` matters only for clusters with an ``effective_from`` date; when it is None the wall clock is read
-    (then and only then), so a caller that forgets it never blocks before a cluster's date. Callers that need
+    ``now`` matters only for clusters with an ``effective_from`` date. When it is None and such a date matters,
+    the wall clock is read, so a caller that forgets it never blocks before a cluster's date; callers that need
     reproducible decisions pass it. Raises InvalidEvent (PRICE_REQUIRED, NO_EXCHANGE_RATE) when the
     minimum-price rule must judge an item it cannot price.
     """
