@@ -52,8 +52,8 @@ from worker.sample import generate
 BENCHES = ("core", "raw_aiokafka", "naive_faust", "worker", "latency", "scale", "rss", "latency_raw")
 DEFAULT_BENCHES = ("core", "raw_aiokafka", "naive_faust", "worker", "latency", "scale", "rss")
 BROKER_BENCHES = set(BENCHES) - {"core"}
-# One input partition count for raw_aiokafka, naive_faust, worker, latency and rss: the worker's own
-# TOPIC_PARTITIONS default, all owned by the one consumer. Outputs use it too. scale uses 2 input partitions.
+# One input partition count for raw_aiokafka, naive_faust, worker, latency and rss (--partitions): the worker's
+# own TOPIC_PARTITIONS default, all owned by the one consumer. Outputs use it too. scale uses 2 input partitions.
 PARTITIONS = 4
 SCALE_PARTITIONS = 2
 MALFORMED_RATIO = 0.01
@@ -161,7 +161,7 @@ class Outputs:
         self.topics = topics
         self.seen = {partition: bytearray(end) for partition, end in input_ends.items()}
         self.expected = sum(input_ends.values())
-        self.count = self.decisions = self.dead_letters = self.tombstones = self.duplicates = 0
+        self.count = self.decisions = self.dead_letters = self.tombstones = self.duplicates = self.bytes = 0
         self.timestamps = array("q")
         self.create_time_records = 0
         self.latencies_ms: array[int] | None = None
@@ -176,6 +176,7 @@ class Outputs:
         if message.value is None:
             self.tombstones += 1
             return
+        self.bytes += len(message.value)
         if message.topic == self.topics.decisions:
             self.decisions += 1
         else:
@@ -220,6 +221,7 @@ class Outputs:
             "missing": self.missing,
             "seconds": round((last - first) / 1000, 3),
             "per_5s": self.windows(),
+            "mean_output_bytes": round(self.bytes / max(1, self.count - self.tombstones)),
         }
 
 
@@ -262,8 +264,9 @@ class BrokerBenches:
         self.log_dir = log_dir
         self.bootstrap = kafka.bootstrap
 
-    def topics(self, name: str, input_partitions: int = PARTITIONS) -> Topics:
-        return Topics.fresh(self.run_id, name, input_partitions, PARTITIONS)
+    def topics(self, name: str, input_partitions: int | None = None) -> Topics:
+        partitions = self.args.partitions
+        return Topics.fresh(self.run_id, name, input_partitions or partitions, partitions)
 
     def broker_cpu(self) -> float | None:
         """CPU seconds the bench's own broker has used so far (None with --bootstrap)."""
@@ -666,6 +669,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-rate", type=int, default=5000, help="events/s of the latency bench (default 5,000)")
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="how long it produces (default 20)")
     parser.add_argument("--core-repeats", type=int, default=3, help="core: best of this many passes (default 3)")
+    parser.add_argument("--partitions", type=int, default=PARTITIONS,
+                        help=f"input and output partitions of the single-process benches (default {PARTITIONS})")
     parser.add_argument("--seed", type=int, default=7, help="seed of the generated input (default 7)")
     parser.add_argument("--bootstrap", help="use the broker at HOST:PORT instead of starting one")
     parser.add_argument("--code", metavar="REV",
@@ -680,8 +685,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown or not names:
         parser.error(f"unknown bench {', '.join(unknown) or '(none given)'}; choose from {', '.join(BENCHES)}")
     args.benches = [name for name in BENCHES if name in names]
-    if args.events < 1 or args.rss_events < 1 or args.latency_rate < 1 or args.latency_seconds <= 0:
-        parser.error("--events, --rss-events, --latency-rate and --latency-seconds must be positive")
+    if min(args.events, args.rss_events, args.latency_rate, args.partitions) < 1 or args.latency_seconds <= 0:
+        parser.error("--events, --rss-events, --latency-rate, --latency-seconds and --partitions must be positive")
     return args
 
 
@@ -740,7 +745,11 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(run_broker_benches(args, bootstrap, broker_pid, events, run_id, log_dir, results))
     except HarnessError as exc:
         results.error("harness", exc)
+    except KeyboardInterrupt:
+        say("interrupted: stopping the processes under test and the broker")
+        return 130
     finally:
+        procs.stop_all()
         if broker is not None:
             say("stopping the bench broker")
             broker.stop()

@@ -48,13 +48,14 @@ class LocalBroker:
     def start(self) -> str:
         self._run("down")  # a broker left over from an interrupted bench run on this state directory
         shutil.rmtree(self.home, ignore_errors=True)
+        self.started = True  # from here on, stop() runs `down` (harmless if `up` failed or was interrupted)
         started = self._run("up")
         if started.returncode != 0:
+            self.stop()
             raise HarnessError(
                 f"the bench broker did not start on port {self.port} (use --port or --bootstrap):\n"
                 f"{started.stdout}{started.stderr}"
             )
-        self.started = True
         return started.stdout.strip()
 
     @property

@@ -70,6 +70,15 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+_LIVE: set[Proc] = set()
+
+
+def stop_all() -> None:
+    """Stop every process under test still running (after an interrupt or a harness error)."""
+    for proc in list(_LIVE):
+        proc.stop(timeout=15)
+
+
 class Proc:
     """One process under test; stdout and stderr go to `log_path`."""
 
@@ -94,6 +103,7 @@ class Proc:
             self.argv, env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C reaches the harness only; it stops these in order
         )
+        _LIVE.add(self)
         return self
 
     @property
@@ -135,6 +145,7 @@ class Proc:
                     return None
             return self.process.returncode
         finally:
+            _LIVE.discard(self)
             if self._log is not None:
                 self._log.close()
                 self._log = None
