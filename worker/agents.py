@@ -40,6 +40,8 @@ def register_agent(
             target = dead_letter_name if outcome.kind is DEAD_LETTER else decisions_name
             deliveries.append(await send(target, outcome.key, outcome.value, None, None, None))
             outcomes.append(outcome)
+        if runtime.store is not None:
+            deliveries.extend(await runtime.store.send_writes(send))
         return deliveries, outcomes
 
     async def confirm(
@@ -94,14 +96,19 @@ async def event_batches(stream: faust.StreamT, batch_max: int) -> AsyncIterator[
     sensors = app.sensors
     on_message_in, on_event_in = sensors.on_message_in, sensors.on_stream_event_in
     while True:
-        events = [await get()]
-        while len(events) < batch_max and not empty():
-            events.append(get_nowait())
+        try:
+            events = [await get()]
+            while len(events) < batch_max and not empty():
+                events.append(get_nowait())
+        except StopAsyncIteration:
+            return  # the channel was closed (the agent is stopping), as the Stream iterator ends on it
         batch = []
+        stale = 0
         for event in events:
             message = event.message
             if not flow_control.is_active() or message.generation_id != app.consumer_generation_id:
                 ack(stream, event, None)
+                stale += 1
                 continue
             tp, offset = message.tp, message.offset
             if message.topic in acking_topics and not message.tracked:
@@ -109,6 +116,11 @@ async def event_batches(stream: faust.StreamT, batch_max: int) -> AsyncIterator[
                 add_unacked(message)
                 on_message_in(tp, offset, message)
             batch.append((event, on_event_in(tp, offset, stream, event)))
+        if stale:
+            log.info(
+                "skipped %d events fetched before a rebalance; they are fetched again", stale,
+                extra={"event": "stale_generation_skipped", "count": stale},
+            )
         if batch:
             yield batch
 

@@ -21,6 +21,8 @@ from worker.core import Policy, load_bundled_policy, load_policy_file
 from worker.logs import logging_config
 from worker.metrics import ComplianceMetrics, TopicPartitionOffsets
 from worker.processing import Processor
+from worker.lifecycle import PolicyLifecycle, TableStateStore
+from worker.policy_source import PolicySource, ensure_policy_topic, newest_valid
 from worker.settings import Settings
 from worker.topics import ensure_topics
 
@@ -39,6 +41,7 @@ class Runtime:
     settings: Settings
     processor: Processor
     metrics: ComplianceMetrics
+    store: TableStateStore | None = None
     started_at: float = field(default_factory=time.time)
     _broker_ok: bool = False
     _broker_checked: float = 0.0
@@ -78,8 +81,10 @@ async def _broker_reachable(app: faust.App, runtime: Runtime) -> bool:
     return ok
 
 
-def create_app(settings: Settings, policy: Policy, registry: CollectorRegistry | None = None) -> faust.App:
-    """The Faust app with its topics, agent, metrics and web views; nothing is started."""
+def create_app(
+    settings: Settings, policy: Policy, registry: CollectorRegistry | None = None, *, input_partitions: int | None = None
+) -> faust.App:
+    """The Faust app with its topics, state table, agent, metrics and web views; nothing is started."""
     registry = registry if registry is not None else CollectorRegistry()
     app = faust.App(
         settings.app_id,
@@ -111,7 +116,13 @@ def create_app(settings: Settings, policy: Policy, registry: CollectorRegistry |
     metrics.watch_consumer(lambda: _consumer_offsets(app, settings.input_topic))
     metrics.set_policy(policy.version, policy.digest, time.time())
 
-    runtime = Runtime(settings, Processor(policy), metrics)
+    # Per-product decision state, co-partitioned with the input (same partition count), changelog-backed.
+    table = app.Table(
+        "decision-state", schema=faust_ext.RawSchema(key_serializer="raw", value_serializer="raw"),
+        partitions=input_partitions or settings.topic_partitions,
+    )
+    store = TableStateStore(table)
+    runtime = Runtime(settings, Processor(policy, store), metrics, store)
     app.compliance = runtime  # type: ignore[attr-defined]
 
     topic_options: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
@@ -119,6 +130,15 @@ def create_app(settings: Settings, policy: Policy, registry: CollectorRegistry |
     decisions_topic = app.topic(settings.decisions_topic, **topic_options)
     dead_letter_topic = app.topic(settings.dead_letter_topic, **topic_options)
     register_agent(app, runtime, input_topic, decisions_topic, dead_letter_topic, BATCH_MAX)
+
+    lifecycle = PolicyLifecycle(app, runtime, store, settings.decisions_topic, settings.input_topic)
+    app.task(lifecycle.follow_policies)
+    app.task(lifecycle.rescreen_forever)
+
+    @app.on_rebalance_complete.connect
+    async def rescreen_after_recovery(sender: faust.App, **kwargs: Any) -> None:
+        # Recovered state may have been decided under an older policy.
+        lifecycle.request_rescreen()
 
     @app.page("/metrics")
     async def metrics_page(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
@@ -154,19 +174,40 @@ def create_app(settings: Settings, policy: Policy, registry: CollectorRegistry |
     return app
 
 
+async def prepare(settings: Settings, fallback: Policy) -> tuple[Policy, str, int]:
+    """Create missing topics, and pick the policy in force: the newest valid one on the policy topic, else the fallback."""
+    partitions = await ensure_topics(settings)
+    await ensure_policy_topic(settings.bootstrap_servers, settings.policy_topic, settings.topic_replication_factor)
+    source = PolicySource(settings.bootstrap_servers, settings.policy_topic)
+    try:
+        records = await source.start()
+    finally:
+        await source.stop()
+    for record in records:
+        if record.policy is None:
+            log.warning(
+                "ignoring invalid policy document %s[%d]@%d: %s", settings.policy_topic, record.partition,
+                record.offset, record.error, extra={"event": "policy_ignored"},
+            )
+    newest = newest_valid(records)
+    if newest is not None:
+        return newest, f"topic {settings.policy_topic}", partitions[settings.input_topic]
+    origin = str(settings.policy_file) if settings.policy_file else "the bundled policy"
+    return fallback, origin, partitions[settings.input_topic]
+
+
 def run_worker(settings: Settings) -> int:
     """`compliance-worker worker`: configure logging, log the start line, run until stopped."""
     import logging.config
 
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
-    policy = load_policy(settings)
-    asyncio.run(ensure_topics(settings))
-    app = create_app(settings, policy)
+    policy, policy_origin, input_partitions = asyncio.run(prepare(settings, load_policy(settings)))
+    app = create_app(settings, policy, input_partitions=input_partitions)
     log.info(
         "compliance-worker %s starting: broker %s, input %s, decisions %s, dead letters %s, "
-        "policy %s, guarantee %s, web http://%s:%d (/metrics /healthz /readyz)",
+        "policy %s (from %s), guarantee %s, web http://%s:%d (/metrics /healthz /readyz)",
         __version__, settings.kafka_bootstrap_servers, settings.input_topic, settings.decisions_topic,
-        settings.dead_letter_topic, policy.version, settings.processing_guarantee,
+        settings.dead_letter_topic, policy.version, policy_origin, settings.processing_guarantee,
         settings.worker_web_host, settings.worker_web_port,
         extra={"event": "starting", "settings": settings.describe(), "policy_version": policy.version},
     )

@@ -101,6 +101,10 @@ class ComplianceMetrics:
     policy_info: Gauge
     policy_loaded: Gauge
     batch_size: Histogram
+    policy_rejected: Counter
+    rescreened: Counter
+    rescreen_pending: Gauge
+    rescreen_duration: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ComplianceMetrics:
@@ -138,6 +142,22 @@ class ComplianceMetrics:
             batch_size=Histogram(
                 "compliance_batch_size", "Input messages handled per batch",
                 buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000), registry=registry,
+            ),
+            policy_rejected=Counter(
+                "compliance_policy_rejected", "Policy documents from the policy topic not put in force, by reason",
+                ["reason"], registry=registry,
+            ),
+            rescreened=Counter(
+                "compliance_rescreened_products", "Known products decided again after a policy change, by result",
+                ["result"], registry=registry,
+            ),
+            rescreen_pending=Gauge(
+                "compliance_rescreen_pending_products", "Products still to re-screen under the policy in force",
+                registry=registry,
+            ),
+            rescreen_duration=Gauge(
+                "compliance_rescreen_last_duration_seconds", "How long the last re-screening pass took",
+                registry=registry,
             ),
         )
 

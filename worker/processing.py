@@ -1,15 +1,16 @@
-"""One input message in, one output record out: decode, classify, encode (no Kafka client here)."""
+"""One input message in, one output record out: decode, decide against the product's state, encode (no Kafka here)."""
 
 from __future__ import annotations
 
 import base64
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from worker.core import InvalidEvent, Policy, classify, decode_event
+from worker.core import InvalidEvent, Policy, decode_event
 from worker.core.clock import format_timestamp
 from worker.core.errors import ErrorCode
+from worker.core.state import ProductState, decide
 
 DECISION = "decision"
 DEAD_LETTER = "dead_letter"
@@ -46,11 +47,32 @@ def dead_letter_record(
     }
 
 
-class Processor:
-    """Turns input messages into decision, dead-letter or tombstone records under one policy."""
+class StateStore(Protocol):
+    """Where per-product state lives: a Faust table in the worker, a dict in tests."""
 
-    def __init__(self, policy: Policy) -> None:
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def put(self, key: bytes, value: bytes, partition: int) -> None: ...
+
+    def delete(self, key: bytes, partition: int) -> None: ...
+
+
+class MemoryStateStore(dict[bytes, bytes]):
+    """A StateStore in a dict, for tests and offline use."""
+
+    def put(self, key: bytes, value: bytes, partition: int) -> None:
+        self[key] = value
+
+    def delete(self, key: bytes, partition: int) -> None:
+        self.pop(key, None)
+
+
+class Processor:
+    """Turns input messages into decision, dead-letter or tombstone records under the policy in force."""
+
+    def __init__(self, policy: Policy, state: StateStore | None = None) -> None:
         self.policy = policy
+        self.state: StateStore = state if state is not None else MemoryStateStore()
 
     def process(
         self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int, now: float
@@ -62,17 +84,21 @@ class Processor:
                     None, None, topic, partition, offset, now,
                     ErrorCode.TOMBSTONE_WITHOUT_KEY, "a tombstone (null value) needs the product id as its key",
                 )
+            self.state.delete(key, partition)  # the product was removed: forget its decision
             return Outcome(TOMBSTONE, key, None)
         try:
-            decision = classify(decode_event(value), self.policy)
+            event = decode_event(value)
+            product_key = event.product_id.encode()
+            stored = self.state.get(product_key)
+            previous = ProductState.decode(stored) if stored is not None else None
+            transition = decide(event, self.policy, previous, partition, now)
         except InvalidEvent as exc:
             return self._dead_letter(value, key, topic, partition, offset, now, exc.code, exc.message)
-        record = decision.record(
-            format_timestamp(now), {"topic": topic, "partition": partition, "offset": offset}
-        )
-        return Outcome(
-            DECISION, decision.product_id.encode(), orjson.dumps(record), decision.decision, decision.cluster
-        )
+        if transition.state is not None:
+            self.state.put(product_key, transition.state.encode(), partition)
+        decision = transition.decision
+        record = transition.record(format_timestamp(now), {"topic": topic, "partition": partition, "offset": offset})
+        return Outcome(DECISION, product_key, orjson.dumps(record), decision.decision, decision.cluster)
 
     @staticmethod
     def _dead_letter(

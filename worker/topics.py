@@ -18,8 +18,8 @@ class BrokerUnavailable(ComplianceError):
     retriable = True
 
 
-async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
-    """Create the input, decisions and dead-letter topics if absent; return the names created."""
+async def ensure_topics(settings: Settings, timeout: float = 30.0) -> dict[str, int]:
+    """Create the input, decisions and dead-letter topics if absent; return each one's partition count."""
     wanted = [settings.input_topic, settings.decisions_topic, settings.dead_letter_topic]
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=int(timeout * 1000)
@@ -43,6 +43,7 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             except TopicAlreadyExistsError:
                 pass  # another worker created it first
             log.info("created topics %s", ", ".join(missing), extra={"event": "topics_created", "topics": missing})
-        return missing
+        described = await admin.describe_topics(wanted)
+        return {topic["topic"]: len(topic["partitions"]) for topic in described}
     finally:
         await admin.close()

@@ -1,0 +1,228 @@
+"""Policy lifecycle in the running worker: the state table, live policy updates, and re-screening known products."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import faust
+import orjson
+
+from worker.core import InvalidEvent
+from worker.core.clock import format_timestamp
+from worker.core.state import ProductState, rescreen
+from worker.policy_source import PolicyRecord, PolicySource
+
+if TYPE_CHECKING:
+    from worker.app import Runtime
+
+log = logging.getLogger("worker.policy")
+
+RESCREEN_CHUNK = 500
+
+
+class TableStateStore:
+    """The processor's StateStore on a Faust table (changelog-backed), written per input partition.
+
+    Writes go to the changelog partition the product's events arrive on, the same
+    partition Faust would pick inside a stream, so state is co-partitioned with
+    the input and recovered by whichever worker owns that partition. They are
+    collected and sent with the batch's decisions (``send_writes``), so the
+    batch is acked only once its state changes are acknowledged too.
+    """
+
+    def __init__(self, table: faust.Table) -> None:
+        self.table = table
+        self._writes: list[tuple[int, bytes, bytes | None]] = []
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.table.data.get(key)
+
+    def put(self, key: bytes, value: bytes, partition: int) -> None:
+        self.table.data[key] = value
+        self._writes.append((partition, key, value))
+
+    def delete(self, key: bytes, partition: int) -> None:
+        if self.table.data.pop(key, None) is not None:
+            self._writes.append((partition, key, None))
+
+    def keys(self) -> list[bytes]:
+        return list(self.table.data.keys())
+
+    async def send_writes(self, send: Any) -> list[Any]:
+        """Send the changelog records written since the last call; their delivery futures."""
+        writes, self._writes = self._writes, []
+        topic = self.table.changelog_topic.get_topic_name()
+        return [await send(topic, key, value, partition, None, None) for partition, key, value in writes]
+
+
+class PolicyLifecycle:
+    """Follows the policy topic, swaps the policy in force, and re-screens what this worker knows."""
+
+    def __init__(
+        self, app: faust.App, runtime: Runtime, store: TableStateStore, decisions_topic: str, input_topic: str
+    ) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.store = store
+        self.decisions_topic = decisions_topic
+        self.input_topic = input_topic
+        self._rescreen_wanted: asyncio.Event | None = None
+
+    # --- policy updates ---------------------------------------------------------------
+
+    async def follow_policies(self) -> None:
+        settings = self.runtime.settings
+        source = PolicySource(settings.bootstrap_servers, settings.policy_topic)
+        try:
+            for record in await source.start():
+                await self.on_policy_record(record, replay=True)
+            await source.follow(self.on_policy_record)
+        finally:
+            await source.stop()
+
+    async def on_policy_record(self, record: PolicyRecord, *, replay: bool = False) -> None:
+        metrics = self.runtime.metrics
+        current = self.runtime.policy
+        where = f"{self.runtime.settings.policy_topic}[{record.partition}]@{record.offset}"
+        if record.policy is None:
+            if not replay:  # old rejects were reported when they were published
+                metrics.policy_rejected.labels(reason="invalid").inc()
+                log.error(
+                    "policy rejected, %s stays in force: %s: %s", current.version, where, record.error,
+                    extra={"event": "policy_rejected", "reason": "invalid", "source": where},
+                )
+            return
+        new = record.policy
+        if new.version == current.version:
+            if new.digest != current.digest and not replay:
+                metrics.policy_rejected.labels(reason="version_reused").inc()
+                log.error(
+                    "policy rejected, %s stays in force: %s reuses version %s with different content",
+                    current.version, where, new.version,
+                    extra={"event": "policy_rejected", "reason": "version_reused", "source": where},
+                )
+            return
+        self.runtime.processor.policy = new
+        metrics.set_policy(new.version, new.digest, time.time())
+        log.info(
+            "policy %s in force (was %s), from %s", new.version, current.version, where,
+            extra={"event": "policy_changed", "policy_version": new.version, "previous": current.version},
+        )
+        self.request_rescreen()
+
+    # --- re-screening -----------------------------------------------------------------
+
+    def request_rescreen(self) -> None:
+        if self._rescreen_wanted is None:
+            self._rescreen_wanted = asyncio.Event()
+        self._rescreen_wanted.set()
+
+    async def rescreen_forever(self) -> None:
+        if self._rescreen_wanted is None:
+            self._rescreen_wanted = asyncio.Event()
+        while True:
+            await self._rescreen_wanted.wait()
+            self._rescreen_wanted.clear()
+            await self.rescreen_pass()
+
+    def _active_partitions(self) -> set[int]:
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.input_topic}
+
+    def _due(self, keys: list[bytes], version: str, active: set[int]) -> Iterator[tuple[bytes, bytes, ProductState]]:
+        for key in keys:
+            data = self.store.get(key)
+            if data is None:
+                continue
+            state = ProductState.decode(data)
+            if state.partition in active and state.policy_version != version:
+                yield key, data, state
+
+    async def rescreen_pass(self) -> None:
+        """Decide every known product of this worker's partitions again under the policy in force.
+
+        Publishes a decision (reason POLICY_CHANGE) only where block/allow flips,
+        stores the new policy version for every product so none is re-screened
+        twice for one version, and yields to live traffic between chunks.
+        """
+        policy = self.runtime.policy
+        metrics = self.runtime.metrics
+        active = self._active_partitions()
+        keys = self.store.keys()
+        pending = sum(1 for _ in self._due(keys, policy.version, active))
+        if not pending:
+            return
+        started = time.monotonic()
+        metrics.rescreen_pending.set(pending)
+        log.info(
+            "re-screening %d products under policy %s", pending, policy.version,
+            extra={"event": "rescreen_started", "products": pending, "policy_version": policy.version},
+        )
+        changed = unchanged = 0
+        for start in range(0, len(keys), RESCREEN_CHUNK):
+            if self.runtime.policy is not policy:
+                self.request_rescreen()  # a newer policy arrived: start over under it
+                break
+            chunk_changed, chunk_unchanged = await self._rescreen_chunk(keys[start:start + RESCREEN_CHUNK], policy, active)
+            changed += chunk_changed
+            unchanged += chunk_unchanged
+            metrics.rescreen_pending.set(max(0, pending - changed - unchanged))
+            await asyncio.sleep(0)  # live events go first
+        seconds = time.monotonic() - started
+        metrics.rescreen_pending.set(0)
+        metrics.rescreen_duration.set(seconds)
+        log.info(
+            "re-screened %d products under policy %s in %.2fs: %d decisions changed and published, %d unchanged",
+            changed + unchanged, policy.version, seconds, changed, unchanged,
+            extra={
+                "event": "rescreen_finished", "policy_version": policy.version, "changed": changed,
+                "unchanged": unchanged, "seconds": round(seconds, 3),
+            },
+        )
+
+    async def _rescreen_chunk(self, keys: list[bytes], policy: Any, active: set[int]) -> tuple[int, int]:
+        now = time.time()
+        decided_at = format_timestamp(now)
+        writes = []
+        deliveries = []
+        for key, data, state in self._due(keys, policy.version, active):
+            try:
+                transition = rescreen(state, policy, now)
+            except InvalidEvent as exc:
+                # The stored facts cannot be decided under the new policy (e.g. no exchange rate for the
+                # product's currency): keep the decision in force, say so, and do not retry this version.
+                log.warning(
+                    "product %s kept its decision under policy %s: %s: %s", key.decode(errors="replace"),
+                    policy.version, exc.code, exc.message,
+                    extra={"event": "rescreen_undecidable", "code": str(exc.code)},
+                )
+                writes.append((key, data, state._replace(policy_version=policy.version).encode(), state.partition, False))
+                continue
+            if transition is None or transition.state is None:
+                continue
+            if transition.changed:
+                record = transition.record(decided_at, {
+                    "rescreen": {"from_policy_version": state.policy_version, "to_policy_version": policy.version},
+                })
+                deliveries.append(await self.app.producer.send(
+                    self.decisions_topic, key, orjson.dumps(record), None, None, None
+                ))
+            writes.append((key, data, transition.state.encode(), state.partition, transition.changed))
+        # Decisions are acknowledged before the state says "re-screened": a crash in between re-screens again.
+        await asyncio.gather(*deliveries)
+        changed = unchanged = 0
+        for key, old, new, partition, did_change in writes:
+            if self.store.get(key) != old:
+                continue  # a live event decided this product meanwhile, under the same policy
+            self.store.put(key, new, partition)
+            if did_change:
+                changed += 1
+            else:
+                unchanged += 1
+        await asyncio.gather(*await self.store.send_writes(self.app.producer.send))
+        self.runtime.metrics.rescreened.labels("changed").inc(changed)
+        self.runtime.metrics.rescreened.labels("unchanged").inc(unchanged)
+        return changed, unchanged
