@@ -677,8 +677,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="benchmark worker/ as committed at REV (e.g. HEAD) instead of the working tree")
     parser.add_argument("--log-dir", type=Path,
                         help="where process logs and results.jsonl go (default .cache/bench/TIME-RUNID)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("BENCH_KAFKA_PORT", "39092")),
-                        help="port of the bench's own broker (default $BENCH_KAFKA_PORT or 39092; controller +1000)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("BENCH_KAFKA_PORT", "29392")),
+                        help="port of the bench's own broker (default $BENCH_KAFKA_PORT or 29392; controller +1000)")
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(names) - set(BENCHES))

@@ -49,7 +49,12 @@ class LocalBroker:
         self._run("down")  # a broker left over from an interrupted bench run on this state directory
         shutil.rmtree(self.home, ignore_errors=True)
         self.started = True  # from here on, stop() runs `down` (harmless if `up` failed or was interrupted)
-        started = self._run("up")
+        for attempt in range(3):
+            started = self._run("up")
+            if started.returncode == 0 or "Address already in use" not in started.stdout + started.stderr:
+                break
+            # A broker stopped moments ago on the same ports can keep them for a while; wait, don't fail the run.
+            time.sleep(15)
         if started.returncode != 0:
             self.stop()
             raise HarnessError(
