@@ -8,7 +8,8 @@ Benches (default: all but `latency_raw`; pick with --only):
   worker        `compliance-worker worker` as in production (at-least-once, dead letters, metrics)
   latency       the worker at a steady --latency-rate events/s: event -> decision latency p50/p99/max
   scale         one worker, then two in one group, on a 2-partition input: aggregate events/s
-  rss           the worker over --rss-events (default 1,000,000): RSS after --events vs at the end
+  rss           the worker over --rss-events (default 1,000,000) about --events/3 products: RSS after
+                --events vs at the end
   latency_raw   the latency bench with the raw aiokafka loop in the worker's place (a reference; not default)
 
 The input is generated once (worker.sample.generate: Shopify taxonomy, mixed origins, ~1% malformed) and
@@ -517,21 +518,35 @@ class BrokerBenches:
         }
 
     async def rss(self) -> dict[str, Any]:
-        """The worker over --rss-events fresh events; its RSS when --events were handled vs at the end."""
+        """The worker over --rss-events fresh events; its RSS when --events were handled vs at the end.
+
+        By default the events update the same number of distinct products as the main input has (--events / 3),
+        so growth per event (a leak, unbounded buffering) is not mixed up with per-product state, which grows
+        with the number of distinct products by design; --rss-products sets another population (0: grow it
+        with the events, --rss-events / 3).
+        """
         args = self.args
         topics = self.topics("rss")
         await self.kafka.create(topics)
-        say(f"rss: generating and writing {args.rss_events:,} events")
+        if args.rss_products is None:
+            products = max(1, args.events // 3)
+        else:
+            products = args.rss_products or max(1, args.rss_events // 3)
+        say(f"rss: generating and writing {args.rss_events:,} events about {products:,} products")
         count, preload_s = await self.kafka.preload(
-            topics.input, generate(args.rss_events, seed=args.seed + 1, malformed_ratio=MALFORMED_RATIO)
+            topics.input,
+            generate(args.rss_events, seed=args.seed + 1, malformed_ratio=MALFORMED_RATIO, products=products),
         )
         mark = min(args.events, count)
         at_mark: dict[str, int] = {}
         proc = procs.worker(self.bootstrap, topics, f"bench-{self.run_id}-rss", self.log_dir / "rss-worker.log")
 
         series: dict[int, float] = {}  # RSS (MiB) when each further tenth of the input had its output
+        before_first_output: list[int] = []
 
         def poll(total: int) -> None:
+            if not total:
+                before_first_output[:] = [proc.rss_kb]
             if total >= mark and not at_mark:
                 at_mark.update(handled=total, rss=proc.rss_kb, peak=proc.peak_rss_kb)
             tenth = min(10, total * 10 // count)
@@ -553,6 +568,8 @@ class BrokerBenches:
             "bench": "rss",
             "events": count,
             "events_per_s": rate(count, (last - first) / 1000),
+            "products": products,
+            "rss_mb_before_first_output": mib(before_first_output[0]) if before_first_output else None,
             "mark_events": mark,
             "rss_mb_at_mark": mib(at_mark["rss"]),
             "peak_rss_mb_at_mark": mib(at_mark["peak"]),
@@ -666,6 +683,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(DEFAULT_BENCHES),
                         help=f"comma-separated benches from {', '.join(BENCHES)} (default: all but latency_raw)")
     parser.add_argument("--rss-events", type=int, default=1_000_000, help="events for the rss bench (default 1,000,000)")
+    parser.add_argument("--rss-products", type=int,
+                        help="distinct products in the rss input (default: as many as the main input, --events/3; "
+                             "0: --rss-events/3)")
     parser.add_argument("--latency-rate", type=int, default=5000, help="events/s of the latency bench (default 5,000)")
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="how long it produces (default 20)")
     parser.add_argument("--core-repeats", type=int, default=3, help="core: best of this many passes (default 3)")
@@ -685,6 +705,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown or not names:
         parser.error(f"unknown bench {', '.join(unknown) or '(none given)'}; choose from {', '.join(BENCHES)}")
     args.benches = [name for name in BENCHES if name in names]
+    if args.rss_products is not None and args.rss_products < 0:
+        parser.error("--rss-products must be 0 or positive")
     if min(args.events, args.rss_events, args.latency_rate, args.partitions) < 1 or args.latency_seconds <= 0:
         parser.error("--events, --rss-events, --latency-rate, --latency-seconds and --partitions must be positive")
     return args

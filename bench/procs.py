@@ -192,6 +192,7 @@ def naive_faust(bootstrap: str, topics: Topics, app_id: str, log_path: Path, dat
     env = clean_env(
         KAFKA_BOOTSTRAP_SERVERS=bootstrap, INPUT_TOPIC=topics.input, DECISIONS_TOPIC=topics.decisions,
         DEAD_LETTER_TOPIC=topics.dead_letter, APP_ID=app_id, WORKER_WEB_PORT=str(port), BENCH_DATADIR=str(datadir),
+        BENCH_INPUT_PARTITIONS=str(topics.input_partitions),
     )
     return Proc(f"naive_faust {app_id}", [sys.executable, "-P", "-m", "bench.naive_app"], env, log_path, web_port=port)
 

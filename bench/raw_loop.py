@@ -4,7 +4,10 @@
     -> await the batch's deliveries (acks=all) -> commit the consumed offsets -> next batch
 
 Same at-least-once contract as the worker (a batch is committed only after its outputs are acknowledged),
-same decoding, policy and records; no Faust, no metrics, no web server. Runs until SIGTERM/SIGINT:
+same decoding, policy and records; no Faust, no metrics, no web server. Where the Processor keeps
+per-product state (since b567034), the state lives in a dict and every change is also written, with the
+batch's outputs, to a compacted changelog topic GROUP-state-changelog partitioned like the input - the
+same writes the worker's changelog-backed table makes. Runs until SIGTERM/SIGINT:
 
     python -m bench.raw_loop --bootstrap 127.0.0.1:9092 --input IN --decisions OUT --dead-letter DLQ --group G
 """
@@ -13,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import signal
 import sys
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
 
 from worker.core import load_bundled_policy
 from worker.processing import DEAD_LETTER, Processor
@@ -35,9 +41,42 @@ class Announce(ConsumerRebalanceListener):
         sys.stderr.flush()
 
 
+class ChangelogStore:
+    """Per-product state in a dict; each change is queued for the changelog topic (the worker's table does the same)."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.writes: list[tuple[bytes, bytes | None, int]] = []
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: bytes, value: bytes, partition: int) -> None:
+        self.data[key] = value
+        self.writes.append((key, value, partition))
+
+    def delete(self, key: bytes, partition: int) -> None:
+        if self.data.pop(key, None) is not None:
+            self.writes.append((key, None, partition))
+
+
+async def create_changelog(bootstrap: str, name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1, topic_configs={"cleanup.policy": "compact"})])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        await admin.close()
+
+
 async def run(args: argparse.Namespace) -> int:
-    processor = Processor(load_bundled_policy())
+    stateful = "state" in inspect.signature(Processor).parameters  # worker/ before b567034 keeps no state
+    store = ChangelogStore() if stateful else None
+    processor = Processor(load_bundled_policy(), store) if stateful else Processor(load_bundled_policy())
     process = processor.process
+    changelog = f"{args.group}-state-changelog"
     consumer = AIOKafkaConsumer(
         bootstrap_servers=args.bootstrap, group_id=args.group, enable_auto_commit=False,
         auto_offset_reset="earliest", max_poll_records=args.max_records,
@@ -52,6 +91,8 @@ async def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await producer.start()
+    if store is not None:
+        await create_changelog(args.bootstrap, changelog, len(await producer.partitions_for(args.input)))
     await consumer.start()
     consumer.subscribe([args.input], listener=Announce())
     handled = 0
@@ -69,9 +110,13 @@ async def run(args: argparse.Namespace) -> int:
                     outcome = process(m.key, m.value, m.topic, m.partition, m.offset, now)
                     target = dead_letters if outcome.kind is DEAD_LETTER else decisions
                     pending.append(await send(target, outcome.value, key=outcome.key))
-            await asyncio.gather(*pending)  # every output acknowledged (acks=all) ...
+            if store is not None:
+                for key, value, partition in store.writes:
+                    pending.append(await send(changelog, value, key=key, partition=partition))
+                store.writes.clear()
+            await asyncio.gather(*pending)  # every output and state change acknowledged (acks=all) ...
             await consumer.commit()  # ... before the batch's offsets are committed
-            handled += len(pending)
+            handled += sum(len(messages) for messages in batches.values())
     finally:
         await consumer.stop()
         await producer.stop()
