@@ -23,6 +23,9 @@ class Reason:
     NOT_RESTRICTED_CATEGORY = "NOT_RESTRICTED_CATEGORY"
     SELLER_EXEMPT = "SELLER_EXEMPT"
     CROSS_BORDER_BELOW_MINIMUM_PRICE = "CROSS_BORDER_BELOW_MINIMUM_PRICE"
+    # Set by the worker's per-product state (worker/core/state.py), never by classify itself.
+    STALE_VERSION = "STALE_VERSION"  # alone: an older version than the one decided; the decision in force repeated
+    POLICY_CHANGE = "POLICY_CHANGE"  # first, before the new classification: re-screened under a new policy
     # The evidence behind it.
     FOREIGN_SELLER = "FOREIGN_SELLER"
     FOREIGN_SHIP_FROM = "FOREIGN_SHIP_FROM"

@@ -6,12 +6,12 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from worker.core.classify import Decision, classify, decision_id
+from worker.core.classify import Decision, Reason, classify, decision_id
 from worker.core.event import ProductEvent
 from worker.core.policy import Policy
 
-STALE_VERSION = "STALE_VERSION"
-POLICY_CHANGE = "POLICY_CHANGE"
+STALE_VERSION = Reason.STALE_VERSION
+POLICY_CHANGE = Reason.POLICY_CHANGE
 
 # The facts a decision rests on: enough to decide the product again under a new policy.
 _FACT_FIELDS = (
