@@ -18,10 +18,10 @@ from typing import IO
 import pytest
 
 from tests.integration.kafka import create_topics
+from tests.tools import IN_CI
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SCRIPT = ROOT / "scripts" / "kafka.sh"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

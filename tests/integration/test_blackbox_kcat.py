@@ -9,7 +9,8 @@ import time
 import orjson
 import pytest
 
-from tests.integration.conftest import IN_CI, WorkerProcess
+from tests.integration.conftest import WorkerProcess
+from tests.tools import require_binary
 
 KCAT = shutil.which("kcat")
 
@@ -38,11 +39,7 @@ def kcat_consume(bootstrap: str, topic: str, expected: int, timeout: float = 60.
 
 @pytest.fixture(autouse=True)
 def _require_kcat() -> None:
-    if KCAT is None:
-        message = "kcat is not installed (make test installs it with apt-get)"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    require_binary("kcat", "Debian package kcat; make test installs it")
 
 
 def test_upstream_and_downstream_through_kcat(worker: WorkerProcess) -> None:

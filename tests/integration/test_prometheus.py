@@ -13,7 +13,6 @@ import itertools
 import json
 import math
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -28,7 +27,8 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaProducer
 
-from tests.integration.conftest import IN_CI, ROOT, WorkerProcess, free_port
+from tests.integration.conftest import ROOT, WorkerProcess, free_port
+from tests.tools import require_binary
 from worker.sample import generate
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "compliance-worker.json"
@@ -48,13 +48,7 @@ EXPECTED_QUIET_ALERTS = ("ComplianceNoWorkerUp", "ComplianceWorkerDown", "Compli
 
 @pytest.fixture(scope="module")
 def prometheus_binary() -> str:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        message = "no `prometheus` binary (Debian package prometheus; scripts/system-deps.sh installs it)"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return binary
+    return require_binary("prometheus", "Debian package prometheus; scripts/system-deps.sh installs it")
 
 
 class Prometheus:

@@ -27,6 +27,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.tools import require_binary
 from worker.settings import Settings, settings_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +40,6 @@ K8S = DEPLOY / "k8s"
 SCHEMAS = DEPLOY / "schemas"
 RUNBOOK = ROOT / "docs" / "runbook.md"
 OPERATIONS = ROOT / "docs" / "operations.md"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # The oldest and the newest Kubernetes minor that kubernetes-validate 1.37.0 carries and we support.
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 JOB = "compliance-worker"
@@ -51,13 +51,7 @@ def read_yaml(path: Path) -> Any:
 
 
 def promtool() -> str:
-    binary = shutil.which("promtool")
-    if binary is None:
-        message = "no `promtool` (Debian package prometheus; scripts/system-deps.sh installs it)"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return binary
+    return require_binary("promtool", "Debian package prometheus; scripts/system-deps.sh installs it")
 
 
 def run_promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
