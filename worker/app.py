@@ -22,7 +22,7 @@ from worker.logs import logging_config
 from worker.metrics import ComplianceMetrics, TopicPartitionOffsets
 from worker.processing import Processor
 from worker.lifecycle import PolicyLifecycle, TableStateStore
-from worker.policy_source import PolicySource, ensure_policy_topic, newest_valid
+from worker.policy_source import PolicySource, ensure_policy_topic, replay
 from worker.settings import Settings
 from worker.topics import ensure_topics
 
@@ -82,7 +82,8 @@ async def _broker_reachable(app: faust.App, runtime: Runtime) -> bool:
 
 
 def create_app(
-    settings: Settings, policy: Policy, registry: CollectorRegistry | None = None, *, input_partitions: int | None = None
+    settings: Settings, policy: Policy, registry: CollectorRegistry | None = None, *,
+    input_partitions: int | None = None, policy_offsets: dict[int, int] | None = None,
 ) -> faust.App:
     """The Faust app with its topics, state table, agent, metrics and web views; nothing is started."""
     registry = registry if registry is not None else CollectorRegistry()
@@ -131,7 +132,7 @@ def create_app(
     dead_letter_topic = app.topic(settings.dead_letter_topic, **topic_options)
     register_agent(app, runtime, input_topic, decisions_topic, dead_letter_topic, BATCH_MAX)
 
-    lifecycle = PolicyLifecycle(app, runtime, store, settings.decisions_topic, settings.input_topic)
+    lifecycle = PolicyLifecycle(app, runtime, store, settings.decisions_topic, settings.input_topic, policy_offsets)
     app.task(lifecycle.follow_policies)
     app.task(lifecycle.rescreen_forever)
 
@@ -174,26 +175,42 @@ def create_app(
     return app
 
 
-async def prepare(settings: Settings, fallback: Policy) -> tuple[Policy, str, int]:
-    """Create missing topics, and pick the policy in force: the newest valid one on the policy topic, else the fallback."""
-    partitions = await ensure_topics(settings)
+@dataclass(frozen=True)
+class Prepared:
+    """What the worker learns before Faust starts."""
+
+    policy: Policy
+    policy_origin: str
+    input_partitions: int
+    policy_offsets: dict[int, int]  # where the policy topic was read to: following continues there
+    notes: list[tuple[int, str, dict[str, Any]]]  # log records to emit after the start line
+
+
+async def prepare(settings: Settings, fallback: Policy) -> Prepared:
+    """Create missing topics, and read the policy topic: the policy in force is what its documents make of the fallback."""
+    notes: list[tuple[int, str, dict[str, Any]]] = []
+    partitions, created = await ensure_topics(settings)
+    if created:
+        notes.append((logging.INFO, f"created topics {', '.join(created)}", {"event": "topics_created", "topics": created}))
     await ensure_policy_topic(settings.bootstrap_servers, settings.policy_topic, settings.topic_replication_factor)
     source = PolicySource(settings.bootstrap_servers, settings.policy_topic)
     try:
         records = await source.start()
     finally:
         await source.stop()
-    for record in records:
-        if record.policy is None:
-            log.warning(
-                "ignoring invalid policy document %s[%d]@%d: %s", settings.policy_topic, record.partition,
-                record.offset, record.error, extra={"event": "policy_ignored"},
-            )
-    newest = newest_valid(records)
-    if newest is not None:
-        return newest, f"topic {settings.policy_topic}", partitions[settings.input_topic]
-    origin = str(settings.policy_file) if settings.policy_file else "the bundled policy"
-    return fallback, origin, partitions[settings.input_topic]
+    policy, rejected = replay(records, fallback)
+    for record, reason in rejected:
+        where = f"{settings.policy_topic}[{record.partition}]@{record.offset}"
+        detail = record.error if reason == "invalid" else "reuses the version in force with different content"
+        notes.append((
+            logging.WARNING, f"ignoring policy document {where} ({reason}): {detail}",
+            {"event": "policy_ignored", "reason": reason, "source": where},
+        ))
+    if policy is not fallback:
+        origin = f"topic {settings.policy_topic}"
+    else:
+        origin = str(settings.policy_file) if settings.policy_file else "the bundled policy"
+    return Prepared(policy, origin, partitions[settings.input_topic], source.end_offsets, notes)
 
 
 def run_worker(settings: Settings) -> int:
@@ -201,16 +218,26 @@ def run_worker(settings: Settings) -> int:
     import logging.config
 
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
-    policy, policy_origin, input_partitions = asyncio.run(prepare(settings, load_policy(settings)))
-    app = create_app(settings, policy, input_partitions=input_partitions)
+    aiokafka_log = logging.getLogger("aiokafka")
+    level, aiokafka_log.level = aiokafka_log.level, logging.ERROR  # its chatter must not come before the start line
+    try:
+        prepared = asyncio.run(prepare(settings, load_policy(settings)))
+    finally:
+        aiokafka_log.setLevel(level)
+    policy = prepared.policy
+    app = create_app(
+        settings, policy, input_partitions=prepared.input_partitions, policy_offsets=prepared.policy_offsets
+    )
     log.info(
         "compliance-worker %s starting: broker %s, input %s, decisions %s, dead letters %s, "
         "policy %s (from %s), guarantee %s, web http://%s:%d (/metrics /healthz /readyz)",
         __version__, settings.kafka_bootstrap_servers, settings.input_topic, settings.decisions_topic,
-        settings.dead_letter_topic, policy.version, policy_origin, settings.processing_guarantee,
+        settings.dead_letter_topic, policy.version, prepared.policy_origin, settings.processing_guarantee,
         settings.worker_web_host, settings.worker_web_port,
         extra={"event": "starting", "settings": settings.describe(), "policy_version": policy.version},
     )
+    for note_level, message, extra in prepared.notes:
+        log.log(note_level, message, extra=extra)
     worker = faust.Worker(
         app,
         loglevel=settings.log_level,

@@ -14,7 +14,7 @@ import orjson
 from worker.core import InvalidEvent
 from worker.core.clock import format_timestamp
 from worker.core.state import ProductState, rescreen
-from worker.policy_source import PolicyRecord, PolicySource
+from worker.policy_source import PolicyRecord, PolicySource, judge
 
 if TYPE_CHECKING:
     from worker.app import Runtime
@@ -53,8 +53,16 @@ class TableStateStore:
         return list(self.table.data.keys())
 
     async def send_writes(self, send: Any) -> list[Any]:
-        """Send the changelog records written since the last call; their delivery futures."""
+        """Send the changelog records the processor wrote since the last call; their delivery futures."""
         writes, self._writes = self._writes, []
+        return await self.send(writes, send)
+
+    def write(self, key: bytes, value: bytes, partition: int) -> tuple[int, bytes, bytes | None]:
+        """Store a value now and return its changelog record, for a writer that sends its own (re-screening)."""
+        self.table.data[key] = value
+        return (partition, key, value)
+
+    async def send(self, writes: list[tuple[int, bytes, bytes | None]], send: Any) -> list[Any]:
         topic = self.table.changelog_topic.get_topic_name()
         return [await send(topic, key, value, partition, None, None) for partition, key, value in writes]
 
@@ -63,9 +71,11 @@ class PolicyLifecycle:
     """Follows the policy topic, swaps the policy in force, and re-screens what this worker knows."""
 
     def __init__(
-        self, app: faust.App, runtime: Runtime, store: TableStateStore, decisions_topic: str, input_topic: str
+        self, app: faust.App, runtime: Runtime, store: TableStateStore, decisions_topic: str, input_topic: str,
+        policy_offsets: dict[int, int] | None = None,
     ) -> None:
         self.app = app
+        self.policy_offsets = policy_offsets
         self.runtime = runtime
         self.store = store
         self.decisions_topic = decisions_topic
@@ -75,37 +85,34 @@ class PolicyLifecycle:
     # --- policy updates ---------------------------------------------------------------
 
     async def follow_policies(self) -> None:
+        """Judge every document published after the ones read at start (or all of them, when none were)."""
         settings = self.runtime.settings
         source = PolicySource(settings.bootstrap_servers, settings.policy_topic)
         try:
-            for record in await source.start():
-                await self.on_policy_record(record, replay=True)
+            for record in await source.start(from_offsets=self.policy_offsets):
+                await self.on_policy_record(record)
             await source.follow(self.on_policy_record)
         finally:
             await source.stop()
 
-    async def on_policy_record(self, record: PolicyRecord, *, replay: bool = False) -> None:
+    async def on_policy_record(self, record: PolicyRecord) -> None:
         metrics = self.runtime.metrics
         current = self.runtime.policy
         where = f"{self.runtime.settings.policy_topic}[{record.partition}]@{record.offset}"
-        if record.policy is None:
-            if not replay:  # old rejects were reported when they were published
-                metrics.policy_rejected.labels(reason="invalid").inc()
-                log.error(
-                    "policy rejected, %s stays in force: %s: %s", current.version, where, record.error,
-                    extra={"event": "policy_rejected", "reason": "invalid", "source": where},
-                )
+        verdict = judge(current, record)
+        if verdict.rejection is not None:
+            metrics.policy_rejected.labels(reason=verdict.rejection).inc()
+            detail = record.error if verdict.rejection == "invalid" else (
+                f"reuses version {current.version} with different content"
+            )
+            log.error(
+                "policy rejected, %s stays in force: %s: %s", current.version, where, detail,
+                extra={"event": "policy_rejected", "reason": verdict.rejection, "source": where},
+            )
             return
-        new = record.policy
-        if new.version == current.version:
-            if new.digest != current.digest and not replay:
-                metrics.policy_rejected.labels(reason="version_reused").inc()
-                log.error(
-                    "policy rejected, %s stays in force: %s reuses version %s with different content",
-                    current.version, where, new.version,
-                    extra={"event": "policy_rejected", "reason": "version_reused", "source": where},
-                )
+        if not verdict.changed:
             return
+        new = verdict.policy
         self.runtime.processor.policy = new
         metrics.set_policy(new.version, new.digest, time.time())
         log.info(
@@ -152,7 +159,10 @@ class PolicyLifecycle:
         metrics = self.runtime.metrics
         active = self._active_partitions()
         keys = self.store.keys()
-        pending = sum(1 for _ in self._due(keys, policy.version, active))
+        pending = 0
+        for start in range(0, len(keys), RESCREEN_CHUNK):
+            pending += sum(1 for _ in self._due(keys[start:start + RESCREEN_CHUNK], policy.version, active))
+            await asyncio.sleep(0)  # counting a large store must not hold up live events either
         if not pending:
             return
         started = time.monotonic()
@@ -214,15 +224,17 @@ class PolicyLifecycle:
         # Decisions are acknowledged before the state says "re-screened": a crash in between re-screens again.
         await asyncio.gather(*deliveries)
         changed = unchanged = 0
+        changelog = []
         for key, old, new, partition, did_change in writes:
             if self.store.get(key) != old:
                 continue  # a live event decided this product meanwhile, under the same policy
-            self.store.put(key, new, partition)
+            changelog.append(self.store.write(key, new, partition))
             if did_change:
                 changed += 1
             else:
                 unchanged += 1
-        await asyncio.gather(*await self.store.send_writes(self.app.producer.send))
+        # Its own changelog records, not the live batch's: those are sent and awaited with their batch.
+        await asyncio.gather(*await self.store.send(changelog, self.app.producer.send))
         self.runtime.metrics.rescreened.labels("changed").inc(changed)
         self.runtime.metrics.rescreened.labels("unchanged").inc(unchanged)
         return changed, unchanged

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -60,9 +61,13 @@ class PolicySource:
         self.bootstrap = bootstrap
         self.topic = topic
         self._consumer: AIOKafkaConsumer | None = None
+        self.end_offsets: dict[int, int] = {}
 
-    async def start(self) -> list[PolicyRecord]:
-        """Assign every partition, read from the beginning to the current end; return what was there."""
+    async def start(self, from_offsets: dict[int, int] | None = None) -> list[PolicyRecord]:
+        """Assign every partition and read to the current end, from the beginning or ``from_offsets``.
+
+        Returns what was read; ``end_offsets`` then says where following will continue.
+        """
         consumer = self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
         )
@@ -73,8 +78,13 @@ class PolicySource:
             partitions = consumer.partitions_for_topic(self.topic) or set()
         assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
+        if from_offsets is None:
+            await consumer.seek_to_beginning(*assigned)
+        else:
+            for tp in assigned:
+                consumer.seek(tp, from_offsets.get(tp.partition, 0))
         ends = await consumer.end_offsets(assigned)
+        self.end_offsets = {tp.partition: offset for tp, offset in ends.items()}
         records: list[PolicyRecord] = []
         while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
             batches = await consumer.getmany(timeout_ms=500)
@@ -102,9 +112,36 @@ class PolicySource:
             self._consumer = None
 
 
-def newest_valid(records: list[PolicyRecord]) -> Policy | None:
-    """The newest valid document: the last by (timestamp, partition, offset) that parsed."""
-    valid = [r for r in records if r.policy is not None]
-    if not valid:
-        return None
-    return max(valid, key=lambda r: (r.timestamp_ms, r.partition, r.offset)).policy
+class Verdict(NamedTuple):
+    """What a policy document does to the policy in force."""
+
+    policy: Policy  # in force afterwards
+    changed: bool
+    rejection: str | None  # None, "invalid" or "version_reused"
+
+
+def judge(current: Policy, record: PolicyRecord) -> Verdict:
+    """The rule every worker applies to each document, in topic order, at start and live alike.
+
+    An invalid document changes nothing. A document that reuses the version in
+    force with other content changes nothing either: one version, one content.
+    Any other valid document is put in force.
+    """
+    new = record.policy
+    if new is None:
+        return Verdict(current, False, "invalid")
+    if new.version == current.version:
+        return Verdict(current, False, None if new.digest == current.digest else "version_reused")
+    return Verdict(new, True, None)
+
+
+def replay(records: list[PolicyRecord], fallback: Policy) -> tuple[Policy, list[tuple[PolicyRecord, str]]]:
+    """The policy in force after the whole topic, starting from ``fallback``, and the documents rejected on the way."""
+    policy = fallback
+    rejected = []
+    for record in sorted(records, key=lambda r: (r.timestamp_ms, r.partition, r.offset)):
+        verdict = judge(policy, record)
+        policy = verdict.policy
+        if verdict.rejection is not None:
+            rejected.append((record, verdict.rejection))
+    return policy, rejected

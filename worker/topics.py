@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -11,15 +10,13 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from worker.core.errors import ComplianceError
 from worker.settings import Settings
 
-log = logging.getLogger("worker.topics")
-
 
 class BrokerUnavailable(ComplianceError):
     retriable = True
 
 
-async def ensure_topics(settings: Settings, timeout: float = 30.0) -> dict[str, int]:
-    """Create the input, decisions and dead-letter topics if absent; return each one's partition count."""
+async def ensure_topics(settings: Settings, timeout: float = 30.0) -> tuple[dict[str, int], list[str]]:
+    """Create the input, decisions and dead-letter topics if absent; return each one's partition count, and those created."""
     wanted = [settings.input_topic, settings.decisions_topic, settings.dead_letter_topic]
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=int(timeout * 1000)
@@ -42,8 +39,7 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> dict[str, 
                 await admin.create_topics(new_topics)
             except TopicAlreadyExistsError:
                 pass  # another worker created it first
-            log.info("created topics %s", ", ".join(missing), extra={"event": "topics_created", "topics": missing})
         described = await admin.describe_topics(wanted)
-        return {topic["topic"]: len(topic["partitions"]) for topic in described}
+        return {topic["topic"]: len(topic["partitions"]) for topic in described}, missing
     finally:
         await admin.close()

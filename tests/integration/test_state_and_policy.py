@@ -584,11 +584,6 @@ def test_invalid_policy_on_the_topic_is_rejected_and_the_old_one_stays(
     assert metric(worker.metrics(), "compliance_policy_rejected_total", reason="invalid") == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: documents published between prepare()'s read of the policy topic and the follower's own first read "
-    "(worker/lifecycle.py follow_policies: source.start() re-reads from the beginning, then replay=True) are "
-    "treated as already reported: an invalid one is neither counted nor logged"
-))
 def test_invalid_policy_published_while_the_worker_starts_is_reported(
     start_worker: Callable[..., WorkerProcess], policy_topic: str,
 ) -> None:
@@ -755,11 +750,6 @@ def test_worker_starts_with_the_newest_valid_policy_on_the_topic(
     assert (body["decision"], body["policy_version"]) == ("allow", new.version)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: follow_policies (worker/lifecycle.py) replays the whole policy topic at start through "
-    "on_policy_record, putting every older version in force for a moment: 'policy 2026.11.0 in force (was NEW)' "
-    "is logged, compliance_policy_loaded_timestamp_seconds is reset and a re-screen is requested"
-))
 def test_start_does_not_put_older_policies_in_force(
     start_worker: Callable[..., WorkerProcess], policy_topic: str, tmp_path: Path, kafka: str,
 ) -> None:
@@ -778,11 +768,6 @@ def test_start_does_not_put_older_policies_in_force(
     assert changes == [(new.version, later.version)], changes
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: run_worker configures logging before prepare(), so the policy consumer's aiokafka line "
-    "('Updating subscribed topics to: ...') and any 'ignoring invalid policy document' warning come before the "
-    "start line the README promises as the first log line"
-))
 def test_first_log_line_is_the_start_line(start_worker: Callable[..., WorkerProcess]) -> None:
     worker = start_worker()
     first = orjson.loads(worker.log_path.read_text().splitlines()[0])
@@ -792,10 +777,6 @@ def test_first_log_line_is_the_start_line(start_worker: Callable[..., WorkerProc
 # --- a reused version ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: newest_valid() (worker/policy_source.py) ignores the version-reuse rule that on_policy_record applies "
-    "live, so a worker started later puts in force the document the running workers rejected"
-))
 def test_a_rejected_reused_version_is_not_put_in_force_by_a_worker_started_later(
     start_worker: Callable[..., WorkerProcess], policy_topic: str, tmp_path: Path,
 ) -> None:

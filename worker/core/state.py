@@ -32,7 +32,8 @@ class ProductState(NamedTuple):
     facts: ProductEvent
 
     def encode(self) -> bytes:
-        return orjson.dumps({
+        # Copied to its exact size: orjson's result keeps a 4 KiB buffer, and states are kept per product.
+        return bytes(memoryview(orjson.dumps({
             "decision": self.decision,
             "cluster": self.cluster,
             "cross_border": self.cross_border,
@@ -40,7 +41,7 @@ class ProductState(NamedTuple):
             "decision_id": self.decision_id,
             "partition": self.partition,
             "facts": dict(zip(_FACT_FIELDS, self.facts)),
-        })
+        })))
 
     @classmethod
     def decode(cls, data: bytes) -> ProductState:
