@@ -30,6 +30,8 @@ log = logging.getLogger("worker")
 
 # Throughput knobs (docs/performance.md says what each trades).
 BATCH_MAX = 2000
+# Deep enough to cover the 1 s Faust sleeps when every partition is paused for buffer pressure.
+STREAM_BUFFER_MAX = 20_000
 BROKER_CHECK_TIMEOUT_SECONDS = 2.0
 BROKER_CHECK_CACHE_SECONDS = 1.0
 
@@ -103,7 +105,7 @@ def create_app(
         store="memory://",
         autodiscover=False,
         producer_acks=-1,
-        stream_buffer_maxsize=BATCH_MAX * 2,
+        stream_buffer_maxsize=STREAM_BUFFER_MAX,
         broker_max_poll_records=BATCH_MAX,
         broker_commit_every=BATCH_MAX * 5,
         broker_commit_interval=1.0,
