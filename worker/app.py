@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from worker.metrics import ComplianceMetrics, TopicPartitionOffsets
 from worker.processing import Processor
 from worker.lifecycle import PolicyLifecycle, TableStateStore
 from worker.policy_source import PolicySource, ensure_policy_topic, replay
-from worker.settings import Settings
+from worker.settings import Settings, SettingsError
 from worker.topics import ensure_topics
 
 log = logging.getLogger("worker")
@@ -215,15 +216,32 @@ async def prepare(settings: Settings, fallback: Policy) -> Prepared:
     return Prepared(policy, origin, partitions[settings.input_topic], source.end_offsets, notes)
 
 
+def ensure_port_free(host: str, port: int) -> None:
+    """Fail with one clear line, not Faust's traceback, when the web port is taken."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SettingsError(
+                f"WORKER_WEB_PORT={port}: cannot listen on {host}:{port} ({exc.strerror or exc})"
+            ) from None
+
+
 def run_worker(settings: Settings) -> int:
     """`compliance-worker worker`: configure logging, log the start line, run until stopped."""
     import logging.config
 
+    ensure_port_free(settings.worker_web_host, settings.worker_web_port)
+    policy = load_policy(settings)  # a bad policy file stops here, before anything connects
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
     aiokafka_log = logging.getLogger("aiokafka")
-    level, aiokafka_log.level = aiokafka_log.level, logging.ERROR  # its chatter must not come before the start line
+    # Its connection chatter must not come before the start line; an unreachable broker is reported by us.
+    level, aiokafka_log.level = aiokafka_log.level, logging.CRITICAL
     try:
-        prepared = asyncio.run(prepare(settings, load_policy(settings)))
+        prepared = asyncio.run(prepare(settings, policy))
     finally:
         aiokafka_log.setLevel(level)
     policy = prepared.policy

@@ -26,7 +26,7 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> tuple[dict
     except (KafkaError, OSError, asyncio.TimeoutError) as exc:
         await admin.close()
         raise BrokerUnavailable(
-            f"cannot reach Kafka at {settings.kafka_bootstrap_servers} within {timeout:.0f}s ({exc.__class__.__name__})"
+            f"cannot reach Kafka at {settings.kafka_bootstrap_servers} ({exc.__class__.__name__}; waited at most {timeout:.0f}s)"
         ) from None
     try:
         existing = set(await admin.list_topics())
