@@ -59,8 +59,11 @@ def register_agent(
 
     @app.agent(input_topic, name="decide")
     async def decide(stream: faust.StreamT) -> None:
-        # While one batch waits for the broker's acknowledgement, the next is processed:
-        # at most two batches in flight, acked in order, never before delivery.
+        # While earlier batches wait for the broker's acknowledgement, the next is processed; each
+        # batch is acked after its own delivery and after the batch before it, never earlier. Waiting
+        # here for the previous batch instead cost ~30% of throughput: the producer sends while we
+        # compute. What bounds the batches awaiting delivery is the producer's accumulator (its
+        # send() waits when full) and the stream buffer the batches come from.
         in_flight: asyncio.Future[None] | None = None
         try:
             async for batch in event_batches(stream, batch_max):
