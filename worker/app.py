@@ -13,6 +13,7 @@ from typing import Any
 
 import faust
 from aiohttp.web import Response
+from aiokafka.admin import AIOKafkaAdminClient
 from faust.sensors.prometheus import FaustMetrics
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -195,7 +196,17 @@ async def prepare(settings: Settings, fallback: Policy) -> Prepared:
     partitions, created = await ensure_topics(settings)
     if created:
         notes.append((logging.INFO, f"created topics {', '.join(created)}", {"event": "topics_created", "topics": created}))
-    await ensure_policy_topic(settings.bootstrap_servers, settings.policy_topic, settings.topic_replication_factor)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        created_policy_topic, warnings = await ensure_policy_topic(
+            admin, settings.policy_topic, settings.topic_replication_factor
+        )
+    finally:
+        await admin.close()
+    if created_policy_topic:
+        notes.append((logging.INFO, f"created policy topic {settings.policy_topic}", {"event": "topics_created"}))
+    notes.extend((logging.WARNING, warning, {"event": "policy_topic_misconfigured"}) for warning in warnings)
     source = PolicySource(settings.bootstrap_servers, settings.policy_topic)
     try:
         records = await source.start()

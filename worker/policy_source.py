@@ -10,14 +10,21 @@ from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-from worker.core import InvalidPolicy, Policy
+from worker.core import ComplianceError, InvalidPolicy, Policy
 from worker.core.policy import parse_policy_bytes
 
 log = logging.getLogger("worker.policy")
 
 COMPACTED = {"cleanup.policy": "compact"}
+
+
+class PolicyTopicError(ComplianceError):
+    """The policy topic could not be created (may succeed on a retry)."""
+
+    retriable = True
 
 
 @dataclass(frozen=True)
@@ -40,18 +47,41 @@ def parse_record(value: bytes | None, partition: int, offset: int, timestamp_ms:
         return PolicyRecord(offset, partition, timestamp_ms, None, exc.message)
 
 
-async def ensure_policy_topic(bootstrap: list[str], topic: str, replication: int) -> None:
-    """A compacted, single-partition topic: one total order of policy documents."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+async def _topic_warnings(admin: AIOKafkaAdminClient, topic: str) -> tuple[str, ...]:
+    """What is off about an existing policy topic (it is never altered: that is an operator's call)."""
+    warnings = []
+    described = await admin.describe_topics([topic])
+    partitions = len(described[0]["partitions"]) if described else 0
+    if partitions != 1:
+        warnings.append(
+            f"topic {topic} has {partitions} partitions, not 1: documents of different versions are not in one order"
+        )
+    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {"cleanup.policy": None})])
+    values = {entry[0]: entry[1] for response in responses for resource in response.resources for entry in resource[4]}
+    cleanup = values.get("cleanup.policy")
+    if cleanup is not None and "compact" not in cleanup.split(","):
+        warnings.append(f"topic {topic} has cleanup.policy={cleanup}, not compact: old policies expire with retention")
+    return tuple(warnings)
+
+
+async def ensure_policy_topic(
+    admin: AIOKafkaAdminClient, topic: str, replication_factor: int
+) -> tuple[bool, tuple[str, ...]]:
+    """Create the policy topic (compacted, one partition: one total order) if missing; (created, what is off)."""
+    if topic in set(await admin.list_topics()):
+        return False, await _topic_warnings(admin, topic)
     try:
-        if topic not in set(await admin.list_topics()):
-            try:
-                await admin.create_topics([NewTopic(topic, 1, replication, topic_configs=COMPACTED)])
-            except TopicAlreadyExistsError:
-                pass
-    finally:
-        await admin.close()
+        response = await admin.create_topics([NewTopic(topic, 1, replication_factor, topic_configs=COMPACTED)])
+    except TopicAlreadyExistsError:
+        return False, await _topic_warnings(admin, topic)
+    for topic_error in response.topic_errors:
+        code = topic_error[1]
+        if code == TopicAlreadyExistsError.errno:
+            return False, await _topic_warnings(admin, topic)  # created by someone else meanwhile
+        if code:
+            message = topic_error[2] if len(topic_error) > 2 and topic_error[2] else for_code(code).__name__
+            raise PolicyTopicError(f"cannot create topic {topic}: {message}")
+    return True, ()
 
 
 class PolicySource:
