@@ -8,11 +8,12 @@ INSTALLED := $(VENV)/.installed
 KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
-.PHONY: help install system-deps run test test-unit test-integration bench kafka-up kafka-down clean
+.PHONY: help install system-deps run test test-unit test-integration test-reliability bench kafka-up kafka-down clean
 
 help:
 	@echo "make run          local Kafka + worker + sample feed, with a live summary (Ctrl-C stops all)"
 	@echo "make test         the whole test suite, real Kafka broker included"
+	@echo "make test-reliability  only the fault tests (crash, failover, outage, exactly-once, fuzz, TLS)"
 	@echo "make bench        the benchmarks, one JSON line each"
 	@echo "make kafka-up     start the local Kafka broker on 127.0.0.1:\$$KAFKA_PORT (default 9092)"
 	@echo "make kafka-down   stop it"
@@ -44,6 +45,9 @@ test-unit: $(INSTALLED)
 
 test-integration: install
 	$(BIN)/pytest tests/integration
+
+test-reliability: install
+	$(BIN)/pytest -m reliability
 
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
