@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.sensors.prometheus import FaustMetrics
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from worker import __version__, faust_ext
+from worker import __version__, faust_ext, health, kafka_backoff
 from worker.agents import register_agent
 from worker.core import Policy, load_bundled_policy, load_policy_file
 from worker.logs import logging_config
@@ -166,9 +166,11 @@ def create_app(
         )
         broker = await _broker_reachable(app, runtime)
         rebalancing = bool(app.rebalancing)
-        ready = bool(assigned) and broker and not rebalancing
+        reasons = health.readiness(assigned, broker, rebalancing)
+        ready = not reasons
         body = {
             "ready": ready,
+            "reasons": reasons,
             "assigned_partitions": assigned,
             "broker_reachable": broker,
             "rebalancing": rebalancing,
@@ -246,6 +248,7 @@ def run_worker(settings: Settings) -> int:
     import logging.config
 
     ensure_port_free(settings.worker_web_host, settings.worker_web_port)
+    kafka_backoff.install()  # before any client exists: an unreachable broker must not be retried in a busy loop
     policy = load_policy(settings)  # a bad policy file stops here, before anything connects
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
     aiokafka_log = logging.getLogger("aiokafka")

@@ -1,0 +1,19 @@
+"""Readiness: why a worker should not get traffic or count as available, as stable reason codes."""
+
+from __future__ import annotations
+
+BROKER_UNREACHABLE = "broker_unreachable"  # no metadata round trip to any broker within the check's timeout
+REBALANCING = "rebalancing"  # a consumer-group rebalance (or the recovery after it) is under way
+NO_PARTITIONS = "no_partitions_assigned"  # nothing of the input topic to consume (idle, or not yet joined)
+
+
+def readiness(assigned_partitions: list[int], broker_reachable: bool, rebalancing: bool) -> list[str]:
+    """The reasons the worker is not ready, in a fixed order; an empty list means ready."""
+    reasons = []
+    if not broker_reachable:
+        reasons.append(BROKER_UNREACHABLE)
+    if rebalancing:
+        reasons.append(REBALANCING)
+    if not assigned_partitions:
+        reasons.append(NO_PARTITIONS)
+    return reasons
