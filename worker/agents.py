@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import faust
-from faust.types import EventT
+from faust.types import EventT, Message
 
 from worker.processing import DEAD_LETTER, DECISION, TOMBSTONE, Outcome
 
@@ -85,9 +85,9 @@ async def event_batches(stream: faust.StreamT, batch_max: int) -> AsyncIterator[
     event at a time, done per batch: the events come from the same queue the
     conductor fills; each is tracked as unacked (so a rebalance or shutdown waits
     for it) and reported to the sensors on the way in, and again in ``ack`` on the
-    way out; events of an old consumer generation, or arriving while flow control
-    is suspended for a rebalance, are acked and dropped as the Stream drops them,
-    and the consumer fetches them again from the committed offset.
+    way out. Events of an old consumer generation, or arriving while flow control
+    is suspended for a rebalance, are dropped, and the consumer fetches them again
+    from the committed offset: see ``forget`` for the one place this differs from Faust.
     """
     app = stream.app
     channel = aiter(stream.channel)  # registers the topic with the conductor, as iterating the stream would
@@ -110,7 +110,7 @@ async def event_batches(stream: faust.StreamT, batch_max: int) -> AsyncIterator[
         for event in events:
             message = event.message
             if not flow_control.is_active() or message.generation_id != app.consumer_generation_id:
-                ack(stream, event, None)
+                forget(message)
                 stale += 1
                 continue
             tp, offset = message.tp, message.offset
@@ -126,6 +126,22 @@ async def event_batches(stream: faust.StreamT, batch_max: int) -> AsyncIterator[
             )
         if batch:
             yield batch
+
+
+def forget(message: Message) -> None:
+    """Drop a message fetched before a rebalance without marking its offset as done.
+
+    Faust's Stream iterator acks such a message, which puts its offset into the
+    consumer's acked list although it was never processed. Right after a
+    rebalance the consumer has no committed offset for the partition yet, so its
+    gap check is off and the next commit (the one on shutdown, say) moves the
+    group's offset past those records: a worker stopped during table recovery
+    committed 41-291 records of one partition that nobody had decided. Marking
+    the message acked here, without telling the consumer, means nothing acks it
+    later; it is fetched again from the committed offset like every other stale
+    message.
+    """
+    message.acked = True
 
 
 def ack(stream: faust.StreamT, event: EventT, sensor_state: Any) -> None:
