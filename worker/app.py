@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 import tempfile
@@ -281,5 +282,10 @@ def run_worker(settings: Settings) -> int:
         override_logging=True,
         console_port=0,
     )
+    app.compliance.metrics.gc_pauses.install()  # type: ignore[attr-defined]
+    # Everything built so far (modules, Faust, the policy index) lives as long as the process. Frozen, the
+    # collector's full passes skip it: each such pass stood the worker still for tens of milliseconds, the
+    # latency spikes of the benchmark (docs/performance.md, Latency).
+    gc.freeze()
     worker.execute_from_commandline()  # exits the process with Faust's exit code
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,6 +14,9 @@ from prometheus_client.registry import Collector
 
 # Event consumed -> decision acknowledged by the broker: milliseconds when healthy, seconds when not.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# One garbage-collector pass: tens of microseconds for the youngest generation, up to hundreds of milliseconds for
+# a full pass over a large heap, which is what shows up in the latency tail.
+GC_PAUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 # (topic, partition) -> (high watermark, committed offset); either is None until first known.
 TopicPartitionOffsets = Mapping[tuple[str, int], tuple[int | None, int | None]]
 
@@ -89,6 +94,37 @@ class BatchHistogram(Collector):
         return [HistogramMetricFamily(self.name, self.documentation)]
 
 
+class GcPauses:
+    """How long the process stood still for each garbage-collector pass, by generation.
+
+    ``gc.callbacks`` calls back at the start and the end of every pass; each end
+    is one observation. Installed only by the running worker (``install``), not
+    by every app a test builds.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.histogram = Histogram(
+            "compliance_gc_pause_seconds", "Time the worker stood still in one garbage-collector pass, by generation",
+            ["generation"], buckets=GC_PAUSE_BUCKETS, registry=registry,
+        )
+        self._by_generation = [self.histogram.labels(str(generation)) for generation in range(3)]
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self._by_generation[info["generation"]].observe(time.perf_counter() - self._started)
+
+    def install(self) -> None:
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def uninstall(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+
 @dataclass(frozen=True)
 class ComplianceMetrics:
     """Counters, histograms and gauges named per the contract (compliance_*)."""
@@ -105,6 +141,7 @@ class ComplianceMetrics:
     rescreened: Counter
     rescreen_pending: Gauge
     rescreen_duration: Gauge
+    gc_pauses: GcPauses
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ComplianceMetrics:
@@ -159,6 +196,7 @@ class ComplianceMetrics:
                 "compliance_rescreen_last_duration_seconds", "How long the last re-screening pass took",
                 registry=registry,
             ),
+            gc_pauses=GcPauses(registry),
         )
 
     def set_policy(self, version: str, digest: str, loaded_at: float) -> None:
