@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -19,6 +20,7 @@ from worker.core.policy import parse_policy_bytes
 log = logging.getLogger("worker.policy")
 
 COMPACTED = {"cleanup.policy": "compact"}
+METADATA_WAIT_SECONDS = 30.0
 
 
 class PolicyTopicError(ComplianceError):
@@ -103,9 +105,16 @@ class PolicySource:
         )
         await consumer.start()
         partitions = consumer.partitions_for_topic(self.topic)
-        if not partitions:
+        # A topic created a moment ago may take a while to reach the broker's metadata (seen: > 1 s under load).
+        deadline = time.monotonic() + METADATA_WAIT_SECONDS
+        while not partitions:
             await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
             partitions = consumer.partitions_for_topic(self.topic) or set()
+            if not partitions and time.monotonic() > deadline:
+                raise PolicyTopicError(f"topic {self.topic} has no partitions in the broker's metadata after "
+                                       f"{METADATA_WAIT_SECONDS:.0f}s")
+            if not partitions:
+                await asyncio.sleep(0.1)
         assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
         if from_offsets is None:
