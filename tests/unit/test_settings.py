@@ -24,6 +24,17 @@ CONTRACT_DEFAULTS = {
 }
 FIELD_OF = {
     "KAFKA_BOOTSTRAP_SERVERS": "kafka_bootstrap_servers",
+    "KAFKA_SECURITY_PROTOCOL": "kafka_security_protocol",
+    "KAFKA_SSL_CA_FILE": "kafka_ssl_ca_file",
+    "KAFKA_SSL_CERT_FILE": "kafka_ssl_cert_file",
+    "KAFKA_SSL_KEY_FILE": "kafka_ssl_key_file",
+    "KAFKA_SSL_KEY_PASSWORD": "kafka_ssl_key_password",
+    "KAFKA_SSL_KEY_PASSWORD_FILE": "kafka_ssl_key_password_file",
+    "KAFKA_SSL_CHECK_HOSTNAME": "kafka_ssl_check_hostname",
+    "KAFKA_SASL_MECHANISM": "kafka_sasl_mechanism",
+    "KAFKA_SASL_USERNAME": "kafka_sasl_username",
+    "KAFKA_SASL_PASSWORD": "kafka_sasl_password",
+    "KAFKA_SASL_PASSWORD_FILE": "kafka_sasl_password_file",
     "INPUT_TOPIC": "input_topic",
     "DECISIONS_TOPIC": "decisions_topic",
     "DEAD_LETTER_TOPIC": "dead_letter_topic",
