@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from worker.sample import generate
+from worker.security import client_options
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +32,10 @@ def say(message: str) -> None:
     print(f"make run: {message}", flush=True)
 
 
-async def broker_answers(bootstrap: list[str], timeout: float = 3.0) -> bool:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+async def broker_answers(settings: Settings, timeout: float = 3.0) -> bool:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=int(timeout * 1000), **client_options(settings)
+    )
     try:
         await asyncio.wait_for(admin.start(), timeout)
         return True
@@ -42,8 +45,10 @@ async def broker_answers(bootstrap: list[str], timeout: float = 3.0) -> bool:
         await admin.close()
 
 
-async def feed(bootstrap: list[str], topic: str, count: int, seed: int) -> float:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
+async def feed(settings: Settings, topic: str, count: int, seed: int) -> float:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=10, **client_options(settings)
+    )
     await producer.start()
     started = time.monotonic()
     try:
@@ -108,7 +113,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        if asyncio.run(broker_answers(settings.bootstrap_servers)):
+        if asyncio.run(broker_answers(settings)):
             say(f"using the Kafka broker that answers at {settings.kafka_bootstrap_servers}")
         else:
             say(f"no broker at {settings.kafka_bootstrap_servers}; starting a local one on port {kafka_env['KAFKA_PORT']}")
@@ -129,7 +134,7 @@ def main() -> int:
 
         say(f"feeding {args.events:,} sample events to {settings.input_topic}")
         fed_at = time.monotonic()
-        seconds = asyncio.run(feed(settings.bootstrap_servers, settings.input_topic, args.events, int(time.time())))
+        seconds = asyncio.run(feed(settings, settings.input_topic, args.events, int(time.time())))
         say(f"fed in {seconds:.2f}s; metrics: {url}/metrics  health: {url}/healthz  readiness: {url}/readyz")
         say(f"decisions go to {settings.decisions_topic}, dead letters to {settings.dead_letter_topic}; Ctrl-C stops everything")
 

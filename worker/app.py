@@ -26,6 +26,7 @@ from worker.metrics import ComplianceMetrics, TopicPartitionOffsets
 from worker.processing import Processor
 from worker.lifecycle import PolicyLifecycle, TableStateStore
 from worker.policy_source import PolicySource, ensure_policy_topic, replay
+from worker.security import client_options, faust_credentials, scrub_logs
 from worker.settings import Settings, SettingsError
 from worker.topics import ensure_topics
 
@@ -95,6 +96,7 @@ def create_app(
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
+        broker_credentials=faust_credentials(settings),
         processing_guarantee=settings.processing_guarantee,
         key_serializer="raw",
         value_serializer="raw",
@@ -199,7 +201,7 @@ async def prepare(settings: Settings, fallback: Policy) -> Prepared:
     partitions, created = await ensure_topics(settings)
     if created:
         notes.append((logging.INFO, f"created topics {', '.join(created)}", {"event": "topics_created", "topics": created}))
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **client_options(settings))
     await admin.start()
     try:
         created_policy_topic, warnings = await ensure_policy_topic(
@@ -210,7 +212,7 @@ async def prepare(settings: Settings, fallback: Policy) -> Prepared:
     if created_policy_topic:
         notes.append((logging.INFO, f"created policy topic {settings.policy_topic}", {"event": "topics_created"}))
     notes.extend((logging.WARNING, warning, {"event": "policy_topic_misconfigured"}) for warning in warnings)
-    source = PolicySource(settings.bootstrap_servers, settings.policy_topic)
+    source = PolicySource(settings.bootstrap_servers, settings.policy_topic, client_options(settings))
     try:
         records = await source.start()
     finally:
@@ -251,6 +253,8 @@ def run_worker(settings: Settings) -> int:
     ensure_port_free(settings.worker_web_host, settings.worker_web_port)
     kafka_backoff.install()  # before any client exists: an unreachable broker must not be retried in a busy loop
     policy = load_policy(settings)  # a bad policy file stops here, before anything connects
+    client_options(settings)  # so do unusable certificate or key files
+    scrub_logs(settings)  # before any logging: secrets never reach a log line, whichever library writes it
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
     aiokafka_log = logging.getLogger("aiokafka")
     # Its connection chatter must not come before the start line; an unreachable broker is reported by us.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,10 @@ def _instant(text: str) -> float:
 
 
 def _settings_help() -> str:
-    rows = "\n".join(f"  {variable:<26} default: {default or '(bundled policy)'}" for variable, default in settings_table())
+    unset = {"POLICY_FILE": "(bundled policy)"}
+    rows = "\n".join(
+        f"  {variable:<28} default: {default or unset.get(variable, '(unset)')}" for variable, default in settings_table()
+    )
     return "settings (environment variables):\n" + rows
 
 
@@ -91,14 +95,28 @@ def _policy_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if args.action == "validate":
         sys.stdout.write(f"valid: {policy.summary()}\n")
         return 0
-    from worker.policy_publish import publish_policy
+    from worker.policy_publish import PublishError, publish_policy
+    from worker.security import KafkaSecurityError, client_options, security_problem
 
     overrides = {"KAFKA_BOOTSTRAP_SERVERS": args.bootstrap, "POLICY_TOPIC": args.topic}
     settings = Settings.from_env({**env, **{k: v for k, v in overrides.items() if v is not None}})
-    published = asyncio.run(publish_policy(
-        data, policy.version, bootstrap=settings.bootstrap_servers, topic=settings.policy_topic,
-        replication_factor=settings.topic_replication_factor, timeout=args.timeout,
-    ))
+    # aiokafka logs each failed connection attempt; the one line below says what went wrong instead.
+    aiokafka_log = logging.getLogger("aiokafka")
+    level, aiokafka_log.level = aiokafka_log.level, logging.CRITICAL
+    try:
+        published = asyncio.run(publish_policy(
+            data, policy.version, bootstrap=settings.bootstrap_servers, topic=settings.policy_topic,
+            replication_factor=settings.topic_replication_factor, timeout=args.timeout,
+            security=client_options(settings),
+        ))
+    except PublishError:
+        # aiokafka reports a refused handshake or password as "cannot connect"; say which, and that retrying won't help
+        problem = asyncio.run(security_problem(settings, min(args.timeout, 10.0)))
+        if problem is not None:
+            raise KafkaSecurityError(f"cannot connect to Kafka: {problem}") from None
+        raise
+    finally:
+        aiokafka_log.setLevel(level)
     for warning in published.warnings:
         sys.stderr.write(f"compliance-worker policy publish: warning: {warning}\n")
     created = " (created it: compacted, 1 partition)" if published.created_topic else ""

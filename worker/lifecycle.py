@@ -15,6 +15,7 @@ from worker.core import InvalidEvent
 from worker.core.clock import format_timestamp
 from worker.core.state import ProductState, rescreen
 from worker.policy_source import PolicyRecord, PolicySource, judge
+from worker.security import client_options
 
 if TYPE_CHECKING:
     from worker.app import Runtime
@@ -87,7 +88,7 @@ class PolicyLifecycle:
     async def follow_policies(self) -> None:
         """Judge every document published after the ones read at start (or all of them, when none were)."""
         settings = self.runtime.settings
-        source = PolicySource(settings.bootstrap_servers, settings.policy_topic)
+        source = PolicySource(settings.bootstrap_servers, settings.policy_topic, client_options(settings))
         try:
             for record in await source.start(from_offsets=self.policy_offsets):
                 await self.on_policy_record(record)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -29,15 +30,18 @@ class Published(NamedTuple):
 
 async def publish_policy(
     data: bytes, version: str, *, bootstrap: list[str], topic: str, replication_factor: int = 1, timeout: float = 30.0,
+    security: Mapping[str, Any] | None = None,
 ) -> Published:
     """Produce ``data`` unchanged, keyed by ``version`` (UTF-8), with acks=all; create the topic if it is missing.
 
     The caller has validated ``data`` already: this module only moves bytes.
+    ``security`` is ``security.client_options(settings)``, for TLS and SASL.
     """
+    security = dict(security or {})
     if len(data) > MAX_DOCUMENT_BYTES:
         raise PublishError(f"the policy document is {len(data):,} bytes; the policy topic takes at most {MAX_DOCUMENT_BYTES:,}")
     where = ",".join(bootstrap)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000), **security)
     try:
         await asyncio.wait_for(admin.start(), timeout)
         created, warnings = await asyncio.wait_for(ensure_policy_topic(admin, topic, replication_factor), timeout)
@@ -50,6 +54,7 @@ async def publish_policy(
 
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, request_timeout_ms=int(timeout * 1000),
+        **security,
     )
     try:
         await asyncio.wait_for(producer.start(), timeout)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -89,9 +89,10 @@ async def ensure_policy_topic(
 class PolicySource:
     """Reads the whole policy topic without a consumer group (each worker must see every document)."""
 
-    def __init__(self, bootstrap: list[str], topic: str) -> None:
+    def __init__(self, bootstrap: list[str], topic: str, security: Mapping[str, Any] | None = None) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.security = dict(security or {})  # security.client_options(settings)
         self._consumer: AIOKafkaConsumer | None = None
         self.end_offsets: dict[int, int] = {}
 
@@ -101,7 +102,7 @@ class PolicySource:
         Returns what was read; ``end_offsets`` then says where following will continue.
         """
         consumer = self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", **self.security,
         )
         await consumer.start()
         partitions = consumer.partitions_for_topic(self.topic)

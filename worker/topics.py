@@ -8,6 +8,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from worker.core.errors import ComplianceError
+from worker.security import KafkaSecurityError, client_options, security_problem
 from worker.settings import Settings
 
 
@@ -19,12 +20,15 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> tuple[dict
     """Create the input, decisions and dead-letter topics if absent; return each one's partition count, and those created."""
     wanted = [settings.input_topic, settings.decisions_topic, settings.dead_letter_topic]
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=int(timeout * 1000)
+        bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=int(timeout * 1000), **client_options(settings)
     )
     try:
         await asyncio.wait_for(admin.start(), timeout)
     except (KafkaError, OSError, asyncio.TimeoutError) as exc:
         await admin.close()
+        problem = await security_problem(settings)
+        if problem is not None:
+            raise KafkaSecurityError(f"cannot connect to Kafka: {problem}") from None
         raise BrokerUnavailable(
             f"cannot reach Kafka at {settings.kafka_bootstrap_servers} ({exc.__class__.__name__}; waited at most {timeout:.0f}s)"
         ) from None

@@ -214,7 +214,7 @@ def test_publish_sends_the_file_bytes_keyed_by_version_to_the_settings_topic(
     assert (code, err) == (0, "")
     assert fake.calls == [{
         "data": _bundled_bytes(), "version": "2026.11.0", "bootstrap": ["localhost:9092"], "topic": "compliance.policies",
-        "replication_factor": 3, "timeout": 30.0,
+        "replication_factor": 3, "timeout": 30.0, "security": {"security_protocol": "PLAINTEXT"},
     }]
     assert out == (
         f"published policy 2026.11.0 ({len(_bundled_bytes()):,} bytes, digest {policy.digest}) to compliance.policies "
