@@ -23,7 +23,7 @@ from worker.agents import register_agent
 from worker.core import Policy, load_bundled_policy, load_policy_file
 from worker.logs import logging_config
 from worker.metrics import ComplianceMetrics, TopicPartitionOffsets
-from worker.processing import Processor
+from worker.processing import DEAD_LETTER_MAX_BYTES, Processor
 from worker.lifecycle import PolicyLifecycle, TableStateStore
 from worker.policy_source import PolicySource, ensure_policy_topic, replay
 from worker.security import client_options, faust_credentials, scrub_logs
@@ -90,6 +90,7 @@ async def _broker_reachable(app: faust.App, runtime: Runtime) -> bool:
 def create_app(
     settings: Settings, policy: Policy, registry: CollectorRegistry | None = None, *,
     input_partitions: int | None = None, policy_offsets: dict[int, int] | None = None,
+    dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
 ) -> faust.App:
     """The Faust app with its topics, state table, agent, metrics and web views; nothing is started."""
     registry = registry if registry is not None else CollectorRegistry()
@@ -116,6 +117,7 @@ def create_app(
         broker_commit_interval=1.0,
         producer_linger=0.005,
         consumer_auto_offset_reset="earliest",
+        producer_max_request_size=dead_letter_max_bytes,  # a dead letter is larger than its input (base64)
     )
     app.transport = faust_ext.Transport(app.conf.broker_consumer, app)
     metrics = ComplianceMetrics.create(registry)
@@ -130,7 +132,7 @@ def create_app(
         partitions=input_partitions or settings.topic_partitions,
     )
     store = TableStateStore(table)
-    runtime = Runtime(settings, Processor(policy, store), metrics, store)
+    runtime = Runtime(settings, Processor(policy, store, dead_letter_max_bytes), metrics, store)
     app.compliance = runtime  # type: ignore[attr-defined]
 
     topic_options: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
@@ -193,12 +195,20 @@ class Prepared:
     input_partitions: int
     policy_offsets: dict[int, int]  # where the policy topic was read to: following continues there
     notes: list[tuple[int, str, dict[str, Any]]]  # log records to emit after the start line
+    dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES  # what the dead-letter topic accepts
 
 
 async def prepare(settings: Settings, fallback: Policy) -> Prepared:
     """Create missing topics, and read the policy topic: the policy in force is what its documents make of the fallback."""
     notes: list[tuple[int, str, dict[str, Any]]] = []
-    partitions, created = await ensure_topics(settings)
+    partitions, created, dead_letter_max_bytes = await ensure_topics(settings)
+    if dead_letter_max_bytes < DEAD_LETTER_MAX_BYTES:
+        notes.append((
+            logging.WARNING,
+            f"topic {settings.dead_letter_topic} has max.message.bytes={dead_letter_max_bytes}: dead letters larger "
+            f"than that carry no payload (payload_omitted_bytes); set it to {DEAD_LETTER_MAX_BYTES} to keep every original",
+            {"event": "dead_letter_topic_misconfigured"},
+        ))
     if created:
         notes.append((logging.INFO, f"created topics {', '.join(created)}", {"event": "topics_created", "topics": created}))
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **client_options(settings))
@@ -229,7 +239,7 @@ async def prepare(settings: Settings, fallback: Policy) -> Prepared:
         origin = f"topic {settings.policy_topic}"
     else:
         origin = str(settings.policy_file) if settings.policy_file else "the bundled policy"
-    return Prepared(policy, origin, partitions[settings.input_topic], source.end_offsets, notes)
+    return Prepared(policy, origin, partitions[settings.input_topic], source.end_offsets, notes, dead_letter_max_bytes)
 
 
 def ensure_port_free(host: str, port: int) -> None:
@@ -265,7 +275,8 @@ def run_worker(settings: Settings) -> int:
         aiokafka_log.setLevel(level)
     policy = prepared.policy
     app = create_app(
-        settings, policy, input_partitions=prepared.input_partitions, policy_offsets=prepared.policy_offsets
+        settings, policy, input_partitions=prepared.input_partitions, policy_offsets=prepared.policy_offsets,
+        dead_letter_max_bytes=prepared.dead_letter_max_bytes,
     )
     log.info(
         "compliance-worker %s starting: broker %s, input %s, decisions %s, dead letters %s, "

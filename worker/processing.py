@@ -16,6 +16,12 @@ DECISION = "decision"
 DEAD_LETTER = "dead_letter"
 TOMBSTONE = "tombstone"
 MAX_ERROR_MESSAGE = 1000
+# A dead letter carries the input's bytes base64-encoded (4/3 of them) and its key twice: as the record key and,
+# JSON-escaped (up to 6 bytes per byte), as source.key. For any message a topic with Kafka's default limit
+# (message.max.bytes, 1 MiB) accepts that is at most ~7.4 MB, so the worker creates the dead-letter topic with
+# this max.message.bytes (worker/topics.py) and sizes its producer's requests to match (worker/app.py).
+DEAD_LETTER_MAX_BYTES = 8 * 1024 * 1024
+RECORD_OVERHEAD_BYTES = 1024  # record and batch headers around one record, generously
 
 
 class Outcome(NamedTuple):
@@ -70,9 +76,12 @@ class MemoryStateStore(dict[bytes, bytes]):
 class Processor:
     """Turns input messages into decision, dead-letter or tombstone records under the policy in force."""
 
-    def __init__(self, policy: Policy, state: StateStore | None = None) -> None:
+    def __init__(
+        self, policy: Policy, state: StateStore | None = None, dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES
+    ) -> None:
         self.policy = policy
         self.state: StateStore = state if state is not None else MemoryStateStore()
+        self.dead_letter_max_bytes = dead_letter_max_bytes  # the dead-letter topic's max.message.bytes
 
     def process(
         self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int, now: float
@@ -100,10 +109,21 @@ class Processor:
         record = transition.record(format_timestamp(now), {"topic": topic, "partition": partition, "offset": offset})
         return Outcome(DECISION, product_key, orjson.dumps(record), decision.decision, decision.cluster)
 
-    @staticmethod
     def _dead_letter(
-        raw: bytes | None, key: bytes | None, topic: str, partition: int, offset: int, now: float,
+        self, raw: bytes | None, key: bytes | None, topic: str, partition: int, offset: int, now: float,
         code: str, message: str,
     ) -> Outcome:
         record = dead_letter_record(raw, key, topic, partition, offset, code, message, format_timestamp(now))
-        return Outcome(DEAD_LETTER, key, orjson.dumps(record), error_code=code, error_message=message)
+        value = orjson.dumps(record)
+        limit = self.dead_letter_max_bytes - RECORD_OVERHEAD_BYTES
+        if len(value) + len(key or b"") > limit:
+            # The broker would refuse it and the worker could not go on: send one that says what is missing
+            # and where the original is (source topic, partition, offset) instead.
+            record["payload_base64"] = ""
+            record["payload_omitted_bytes"] = len(raw or b"")
+            if record["source"]["key"] is not None:
+                record["source"]["key"] = record["source"]["key"][:MAX_ERROR_MESSAGE]
+            value = orjson.dumps(record)
+            if key is not None and len(key) + len(value) > limit:
+                key = None
+        return Outcome(DEAD_LETTER, key, value, error_code=code, error_message=message)

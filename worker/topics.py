@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+from typing import NamedTuple
+
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from worker.core.errors import ComplianceError
+from worker.processing import DEAD_LETTER_MAX_BYTES
 from worker.security import KafkaSecurityError, client_options, security_problem
 from worker.settings import Settings
 
@@ -16,8 +20,14 @@ class BrokerUnavailable(ComplianceError):
     retriable = True
 
 
-async def ensure_topics(settings: Settings, timeout: float = 30.0) -> tuple[dict[str, int], list[str]]:
-    """Create the input, decisions and dead-letter topics if absent; return each one's partition count, and those created."""
+class EnsuredTopics(NamedTuple):
+    partitions: dict[str, int]  # per topic
+    created: list[str]
+    dead_letter_max_bytes: int  # the dead-letter topic's max.message.bytes, as the broker applies it
+
+
+async def ensure_topics(settings: Settings, timeout: float = 30.0) -> EnsuredTopics:
+    """Create the input, decisions and dead-letter topics if absent; what they are like, and which were created."""
     wanted = [settings.input_topic, settings.decisions_topic, settings.dead_letter_topic]
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=int(timeout * 1000), **client_options(settings)
@@ -36,14 +46,29 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> tuple[dict
         existing = set(await admin.list_topics())
         missing = [name for name in wanted if name not in existing]
         if missing:
+            # Dead letters carry the original bytes base64-encoded: larger than the input they come from.
+            dead_letter_configs = {"max.message.bytes": str(DEAD_LETTER_MAX_BYTES)}
             new_topics = [
-                NewTopic(name, settings.topic_partitions, settings.topic_replication_factor) for name in missing
+                NewTopic(
+                    name, settings.topic_partitions, settings.topic_replication_factor,
+                    topic_configs=dead_letter_configs if name == settings.dead_letter_topic else {},
+                )
+                for name in missing
             ]
             try:
                 await admin.create_topics(new_topics)
             except TopicAlreadyExistsError:
                 pass  # another worker created it first
         described = await admin.describe_topics(wanted)
-        return {topic["topic"]: len(topic["partitions"]) for topic in described}, missing
+        partitions = {topic["topic"]: len(topic["partitions"]) for topic in described}
+        return EnsuredTopics(partitions, missing, await max_message_bytes(admin, settings.dead_letter_topic))
     finally:
         await admin.close()
+
+
+async def max_message_bytes(admin: AIOKafkaAdminClient, topic: str) -> int:
+    """The largest record batch the broker accepts on ``topic`` (its own setting, else the broker's)."""
+    wanted = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})
+    responses = await admin.describe_configs([wanted])
+    values = {entry[0]: entry[1] for response in responses for resource in response.resources for entry in resource[4]}
+    return int(values["max.message.bytes"])
