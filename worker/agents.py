@@ -7,11 +7,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import faust
 from faust.types import EventT, Message
 
+from worker import faust_ext
 from worker.processing import DEAD_LETTER, DECISION, TOMBSTONE, Outcome
 
 if TYPE_CHECKING:
@@ -26,10 +27,12 @@ def register_agent(
 ) -> faust.types.AgentT:
     decisions_name = decisions_topic.get_topic_name()
     dead_letter_name = dead_letter_topic.get_topic_name()
+    transactions = faust_ext.Transactions(app, input_topic.get_topic_name())
 
     async def process_and_send(events: Sequence[EventT]) -> tuple[list[Awaitable[Any]], list[Outcome]]:
-        # Under exactly_once the send must join the transaction of the source partition.
-        send = app.consumer.transactions.send if app.in_transaction else app.producer.send
+        # Under exactly_once each record joins the transaction of the input partition it comes from.
+        exactly_once = app.in_transaction
+        send = app.producer.send
         process = runtime.processor.process
         now = time.time()
         deliveries = []
@@ -38,23 +41,36 @@ def register_agent(
             message = event.message
             outcome = process(message.key, message.value, message.topic, message.partition, message.offset, now)
             target = dead_letter_name if outcome.kind is DEAD_LETTER else decisions_name
-            deliveries.append(await send(target, outcome.key, outcome.value, None, None, None))
+            if exactly_once:
+                deliveries.append(await transactions.send(message.partition, target, outcome.key, outcome.value))
+            else:
+                deliveries.append(await send(target, outcome.key, outcome.value, None, None, None))
             outcomes.append(outcome)
         if runtime.store is not None:
-            deliveries.extend(await runtime.store.send_writes(send))
+            deliveries.extend(await runtime.store.send_writes(
+                transactions.send_to_own_partition if exactly_once else send
+            ))
         return deliveries, outcomes
 
     async def confirm(
         stream: faust.StreamT, batch: Sequence[tuple[EventT, Any]], deliveries: list[Awaitable[Any]],
-        outcomes: list[Outcome], previous: asyncio.Future[None] | None,
+        outcomes: list[Outcome], previous: asyncio.Future[None] | None, gate: faust_ext.TransactionGate | None,
     ) -> None:
         """Ack a batch once the broker has acknowledged all of its output, and after the batch before it."""
-        if previous is not None:
-            await previous
-        await asyncio.gather(*deliveries)
-        delivered = time.monotonic()
-        for event, sensor_state in batch:
-            ack(stream, event, sensor_state)
+        try:
+            if previous is not None:
+                await previous
+            await asyncio.gather(*deliveries)
+            delivered = time.monotonic()
+            for event, sensor_state in batch:
+                ack(stream, event, sensor_state)
+        except BaseException as exc:
+            if gate is not None:
+                gate.fail(exc)
+            raise
+        finally:
+            if gate is not None:
+                gate.leave()
         record_metrics(runtime, [event for event, _ in batch], outcomes, delivered)
 
     @app.agent(input_topic, name="decide")
@@ -64,13 +80,23 @@ def register_agent(
         # here for the previous batch instead cost ~30% of throughput: the producer sends while we
         # compute. What bounds the batches awaiting delivery is the producer's accumulator (its
         # send() waits when full) and the stream buffer the batches come from.
+        # Under exactly_once a batch holds the commit gate from its first send until it is acked.
+        gate = cast(faust_ext.Consumer, app.consumer).gate if app.in_transaction else None
         in_flight: asyncio.Future[None] | None = None
         try:
             async for batch in event_batches(stream, batch_max):
                 if in_flight is not None and in_flight.done():
                     in_flight.result()  # a failed delivery stops the agent before more is sent
-                deliveries, outcomes = await process_and_send([event for event, _ in batch])
-                in_flight = asyncio.ensure_future(confirm(stream, batch, deliveries, outcomes, in_flight))
+                if gate is not None:
+                    await gate.enter()
+                try:
+                    deliveries, outcomes = await process_and_send([event for event, _ in batch])
+                except BaseException as exc:
+                    if gate is not None:
+                        gate.fail(exc)
+                        gate.leave()
+                    raise
+                in_flight = asyncio.ensure_future(confirm(stream, batch, deliveries, outcomes, in_flight, gate))
         finally:
             if in_flight is not None:
                 await in_flight

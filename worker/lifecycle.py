@@ -6,11 +6,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import faust
 import orjson
 
+from worker import faust_ext
 from worker.core import InvalidEvent
 from worker.core.clock import format_timestamp
 from worker.core.state import ProductState, rescreen
@@ -81,6 +82,7 @@ class PolicyLifecycle:
         self.store = store
         self.decisions_topic = decisions_topic
         self.input_topic = input_topic
+        self.transactions = faust_ext.Transactions(app, input_topic)
         self._rescreen_wanted: asyncio.Event | None = None
 
     # --- policy updates ---------------------------------------------------------------
@@ -195,6 +197,24 @@ class PolicyLifecycle:
         )
 
     async def _rescreen_chunk(self, keys: list[bytes], policy: Any, active: set[int]) -> tuple[int, int]:
+        if not self.app.in_transaction:
+            changed, unchanged, _ = await self._rescreen_chunk_sends(keys, policy, active, None)
+            return changed, unchanged
+        # Under exactly_once the chunk's decisions and state changes go into the transactions of their
+        # partitions and are committed before live batches go on (they wait at the gate meanwhile).
+        consumer = cast(faust_ext.Consumer, self.app.consumer)
+        async with consumer.gate.exclusive():
+            try:
+                changed, unchanged, partitions = await self._rescreen_chunk_sends(keys, policy, active, self.transactions)
+                await consumer.commit_transactions(self.transactions.transactional_id(p) for p in partitions)
+            except BaseException as exc:
+                consumer.gate.fail(exc)  # half a chunk is in the open transactions: they must never commit
+                raise
+        return changed, unchanged
+
+    async def _rescreen_chunk_sends(
+        self, keys: list[bytes], policy: Any, active: set[int], transactions: faust_ext.Transactions | None,
+    ) -> tuple[int, int, set[int]]:
         now = time.time()
         decided_at = format_timestamp(now)
         writes = []
@@ -218,14 +238,17 @@ class PolicyLifecycle:
                 record = transition.record(decided_at, {
                     "rescreen": {"from_policy_version": state.policy_version, "to_policy_version": policy.version},
                 })
-                deliveries.append(await self.app.producer.send(
-                    self.decisions_topic, key, orjson.dumps(record), None, None, None
+                value = orjson.dumps(record)
+                deliveries.append(await (
+                    transactions.send(state.partition, self.decisions_topic, key, value) if transactions is not None
+                    else self.app.producer.send(self.decisions_topic, key, value, None, None, None)
                 ))
             writes.append((key, data, transition.state.encode(), state.partition, transition.changed))
         # Decisions are acknowledged before the state says "re-screened": a crash in between re-screens again.
         await asyncio.gather(*deliveries)
         changed = unchanged = 0
         changelog = []
+        partitions = {partition for _, _, _, partition, _ in writes}
         for key, old, new, partition, did_change in writes:
             if self.store.get(key) != old:
                 continue  # a live event decided this product meanwhile, under the same policy
@@ -235,7 +258,8 @@ class PolicyLifecycle:
             else:
                 unchanged += 1
         # Its own changelog records, not the live batch's: those are sent and awaited with their batch.
-        await asyncio.gather(*await self.store.send(changelog, self.app.producer.send))
+        send = transactions.send_to_own_partition if transactions is not None else self.app.producer.send
+        await asyncio.gather(*await self.store.send(changelog, send))
         self.runtime.metrics.rescreened.labels("changed").inc(changed)
         self.runtime.metrics.rescreened.labels("unchanged").inc(unchanged)
-        return changed, unchanged
+        return changed, unchanged, partitions
