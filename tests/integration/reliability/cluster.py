@@ -187,6 +187,19 @@ class KafkaCluster:
         """The node id leading ``topic[partition]`` now (-1 while it has none)."""
         return int(self.partitions(topic)[partition]["leader"])
 
+    def coordinator_of(self, group_id: str) -> int:
+        """The node id coordinating consumer group ``group_id`` now."""
+
+        async def run() -> int:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.live_bootstrap, request_timeout_ms=10_000)
+            await admin.start()
+            try:
+                return int(await admin.find_coordinator(group_id))
+            finally:
+                await admin.close()
+
+        return asyncio.run(run())
+
     def create_topics(
         self, names: list[str], partitions: int = 4, replicas: list[int] | None = None,
         config: Mapping[str, str] | None = None,
