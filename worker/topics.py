@@ -59,11 +59,25 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> EnsuredTop
                 await admin.create_topics(new_topics)
             except TopicAlreadyExistsError:
                 pass  # another worker created it first
-        described = await admin.describe_topics(wanted)
-        partitions = {topic["topic"]: len(topic["partitions"]) for topic in described}
+        partitions = await partition_counts(admin, wanted, timeout)
         return EnsuredTopics(partitions, missing, await max_message_bytes(admin, settings.dead_letter_topic))
     finally:
         await admin.close()
+
+
+async def partition_counts(admin: AIOKafkaAdminClient, topics: list[str], timeout: float) -> dict[str, int]:
+    """Partitions per topic, waiting (up to ``timeout``) for just-created topics to reach the broker asked."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        # On a cluster the admin client may ask a broker whose metadata does not have a new topic yet.
+        partitions = {topic["topic"]: len(topic["partitions"]) for topic in await admin.describe_topics(topics)}
+        unknown = [name for name in topics if not partitions.get(name)]
+        if not unknown:
+            return partitions
+        if loop.time() > deadline:
+            raise BrokerUnavailable(f"topic {unknown[0]} has no partitions in the broker's metadata after {timeout:.0f}s")
+        await asyncio.sleep(0.2)
 
 
 async def max_message_bytes(admin: AIOKafkaAdminClient, topic: str) -> int:

@@ -15,6 +15,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.integration.conftest import WorkerProcess, free_port
+from tests.integration.kafka import consume, produce
 from tests.integration.reliability.cluster import KafkaCluster, read_to_end
 from tests.integration.reliability.test_crash import wait_for_decisions, wait_until_caught_up
 from worker.core import InvalidEvent, decode_event
@@ -149,3 +150,26 @@ def test_killing_the_leader_of_input_and_decisions_loses_nothing(
         f"{longest_gap:.1f}s; new leaders {sorted(set(new_leaders.values()))}; {repeats} decisions repeated "
         f"(same decision_id); nothing missing; killed node back in {restarted_in or 0:.1f}s"
     )
+
+
+def test_a_worker_creates_its_replicated_topics_on_the_cluster(cluster: KafkaCluster, tmp_path: Path) -> None:
+    """Topics the worker creates itself get TOPIC_REPLICATION_FACTOR replicas, and it starts although a
+    just-created topic reaches the other brokers' metadata a moment later than the one asked."""
+    suffix = uuid.uuid4().hex[:8]
+    worker = WorkerProcess(
+        cluster.bootstrap, f"own-{suffix}.input", f"own-{suffix}.decisions", f"own-{suffix}.dead-letter", free_port(),
+        tmp_path / "worker.log",
+    )
+    try:
+        worker.start(TOPIC_REPLICATION_FACTOR="3", TOPIC_PARTITIONS="3")
+        worker.wait_ready(timeout=120)
+        for topic in (worker.input_topic, worker.decisions_topic, worker.dead_letter_topic):
+            partitions = cluster.partitions(topic)
+            assert len(partitions) == 3, topic
+            assert all(len(meta["replicas"]) == 3 for meta in partitions.values()), topic
+        messages = list(generate(300, seed=5, malformed_ratio=0.0))
+        produce(cluster.bootstrap, worker.input_topic, messages)
+        decided = {orjson.loads(r.value)["event_id"] for r in consume(cluster.bootstrap, worker.decisions_topic, 300)}
+        assert decided == {decode_event(value).event_id for _key, value in messages}, worker.tail_log()
+    finally:
+        assert worker.stop() == 0, worker.tail_log()
