@@ -1,0 +1,267 @@
+"""The fast paths agree with the reference paths: decoding, classification, state and whole decisions, byte for byte."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from msgspec.structs import astuple
+
+from tests.unit.conftest import VALID_EVENT
+from tests.unit.test_properties import json_values, mutated_events
+from worker.core import InvalidEvent, ProductEvent, decode_event, load_bundled_policy
+from worker.core.event import EventFacts, decode_event_reference, decode_typical
+from worker.core.state import _FACT_FIELDS
+
+SETTINGS = settings(max_examples=300, deadline=None)
+POLICY = load_bundled_policy()
+
+
+def outcome_of(decode: Any, raw: bytes) -> ProductEvent | tuple[str, str]:
+    try:
+        return decode(raw)
+    except InvalidEvent as exc:
+        return (exc.code, exc.message)
+
+
+def assert_decodes_alike(raw: bytes) -> None:
+    """decode_event gives what the reference gives, error code and message included; decode_typical only takes what it may."""
+    expected = outcome_of(decode_event_reference, raw)
+    assert outcome_of(decode_event, raw) == expected
+    facts = decode_typical(raw)
+    if facts is not None:
+        assert isinstance(expected, ProductEvent)
+        assert ProductEvent(*astuple(facts)) == expected
+        assert tuple(type(value) for value in astuple(facts)) == tuple(type(value) for value in expected)
+
+
+# --- decoding ------------------------------------------------------------------------------
+
+
+def test_facts_are_product_event_in_its_order() -> None:
+    assert EventFacts.__struct_fields__ == ProductEvent._fields == _FACT_FIELDS
+
+
+def test_typical_event_takes_the_fast_path() -> None:
+    raw = orjson.dumps(VALID_EVENT)
+    assert decode_typical(raw) is not None
+    assert_decodes_alike(raw)
+
+
+def _with(raw: bytes, old: bytes, new: bytes) -> bytes:
+    assert old in raw, old
+    return raw.replace(old, new, 1)
+
+
+TYPICAL = orjson.dumps(VALID_EVENT)
+ASTRAL = "\U0001f600"
+
+EDGE_CASES = [
+    # numbers: JSON does not tell 7.0 from 7, the schema's integers do not stop at 64 bits, orjson stops at doubles
+    _with(TYPICAL, b'"version":7', b'"version":7.0'),
+    _with(TYPICAL, b'"version":7', b'"version":7.5'),
+    _with(TYPICAL, b'"version":7', b'"version":1e2'),
+    _with(TYPICAL, b'"version":7', b'"version":1E2'),
+    _with(TYPICAL, b'"version":7', b'"version":-0'),
+    _with(TYPICAL, b'"version":7', b'"version":-1'),
+    _with(TYPICAL, b'"version":7', b'"version":9223372036854775807'),
+    _with(TYPICAL, b'"version":7', b'"version":9223372036854775808'),
+    _with(TYPICAL, b'"version":7', b'"version":18446744073709551616'),
+    _with(TYPICAL, b'"version":7', b'"version":' + b"9" * 400),
+    _with(TYPICAL, b'"version":7', b'"version":1e400'),
+    _with(TYPICAL, b'"version":7', b'"version":true'),
+    _with(TYPICAL, b'"version":7', b'"version":"7"'),
+    _with(TYPICAL, b'"version":7', b'"version":null'),
+    _with(TYPICAL, b'"version":7', b'"version":NaN'),
+    # extra fields, at every level, holding what orjson rejects or accepts
+    _with(TYPICAL, b'{"event_id"', b'{"x":1e400,"event_id"'),
+    _with(TYPICAL, b'{"event_id"', b'{"x":' + b"1" * 400 + b',"event_id"'),
+    _with(TYPICAL, b'{"event_id"', b'{"x":12345678901234567890123,"event_id"'),
+    _with(TYPICAL, b'{"event_id"', b'{"x":"\xff","event_id"'),
+    _with(TYPICAL, b'{"event_id"', b'{"\xff":1,"event_id"'),
+    _with(TYPICAL, b'{"event_id"', b'{"x":' + b"[" * 600 + b"]" * 600 + b',"event_id"'),
+    _with(TYPICAL, b'{"event_id"', b'{"x":' + b"[" * 2000 + b"]" * 2000 + b',"event_id"'),
+    _with(TYPICAL, b'"seller":{', b'"seller":{"rating":4.5,'),
+    _with(TYPICAL, b'"category":{', b'"category":{"name":"Tops",'),
+    _with(TYPICAL, b'"price":{', b'"price":{"tax":null,'),
+    _with(TYPICAL, b'"product":{', b'"product":{"images":[{"url":"x"}],'),
+    # duplicate keys: the last one counts, whatever came before
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"first","event_id":"9f1c-0001"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"9f1c-0001","event_id":"second"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":7,"event_id":"9f1c-0001"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"9f1c-0001","event_id":7'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"9f1c-0001","event_id":""'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"9f1c-0001","event_id":null'),
+    _with(TYPICAL, b'"version":7', b'"version":7,"version":8'),
+    _with(TYPICAL, b'"version":7', b'"version":7,"version":null'),
+    _with(TYPICAL, b'"version":7', b'"version":"x","version":7'),
+    _with(TYPICAL, b'"country":"CN"', b'"country":"XX","country":"CN"'),
+    _with(TYPICAL, b'"country":"CN"', b'"country":"CN","country":"XX"'),
+    _with(TYPICAL, b'"path":"', b'"path":"A >  > B","path":"'),
+    _with(TYPICAL, b'"hs_code":"6205.20"', b'"hs_code":"6205.20","hs_code":"62-05"'),
+    _with(TYPICAL, b'"hs_code":"6205.20"', b'"hs_code":"62-05","hs_code":"6205.20"'),
+    _with(TYPICAL, b'"product":{', b'"product":{"id":"P-0","seller":{"country":"ID"},"ship_from_country":"ID",'
+                                 b'"category":{"path":"A"},"version":1},"product":{'),
+    _with(TYPICAL, b'"product":{', b'"product":{},"product":{'),
+    TYPICAL[:-1] + b',"product":{"id":"P-2","seller":{"country":"ID"},"ship_from_country":"ID","category":{"path":"A"}}}',
+    TYPICAL[:-1] + b',"product":null}',
+    TYPICAL[:-1] + b',"product":{"id":"P-2"}}',
+    # strings: unicode, escapes, bounds counted in code points, not UTF-8
+    _with(TYPICAL, b'"title":"Kemeja', '"title":"\\u0000 \\" \\\\ \\/ \\n é 中文 \u2028 ' .encode() + ASTRAL.encode() + b" Kemeja"),
+    _with(TYPICAL, b'"title":"Kemeja batik pria lengan panjang"', b'"title":"' + (ASTRAL * 2000).encode() + b'"'),
+    _with(TYPICAL, b'"title":"Kemeja batik pria lengan panjang"', b'"title":"' + (ASTRAL * 2001).encode() + b'"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"' + ("é" * 128).encode() + b'"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"' + ("é" * 129).encode() + b'"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"\\ud83d\\ude00"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"\\ud83d"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"\\ude00x"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"\xed\xa0\x80"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"\xc0\x80"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"\xf4\x90\x80\x80"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"a\x01b"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"a\x7fb"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":""'),
+    _with(TYPICAL, b'"title":"Kemeja batik pria lengan panjang"', b'"title":"\xc3\x28"'),
+    _with(TYPICAL, b'"country":"CN"', b'"country":"\\u0043N"'),
+    _with(TYPICAL, b'"country":"CN"', b'"country":"cn"'),
+    _with(TYPICAL, b'"country":"CN"', b'"country":"CN "'),
+    _with(TYPICAL, b'"country":"CN"', b'"country":"XK"'),
+    _with(TYPICAL, b'"ship_from_country":"CN"', b'"ship_from_country":"C\xff"'),
+    _with(TYPICAL, b'"currency":"USD"', b'"currency":"usd"'),
+    _with(TYPICAL, b'"currency":"USD"', b'"currency":"US"'),
+    _with(TYPICAL, b'"currency":"USD"', b'"currency":"\xc3\x9cSD"'),
+    _with(TYPICAL, b'"amount":"12.50"', b'"amount":"012.50"'),
+    _with(TYPICAL, b'"amount":"12.50"', b'"amount":"12.5000000"'),
+    _with(TYPICAL, b'"amount":"12.50"', b'"amount":12.50'),
+    _with(TYPICAL, b'"amount":"12.50"', b'"amount":"\xd9\xa1\xd9\xa2"'),  # Arabic-Indic digits are not [0-9]
+    _with(TYPICAL, b'"occurred_at":"2026-11-29T10:00:00Z"', b'"occurred_at":"2026-11-29T10:00:00Z\\n"'),
+    _with(TYPICAL, b'"occurred_at":"2026-11-29T10:00:00Z"', b'"occurred_at":"2026-11-29 10:00:00Z"'),
+    _with(TYPICAL, b'"occurred_at":"2026-11-29T10:00:00Z"', b'"occurred_at":""'),
+    _with(TYPICAL, b'"occurred_at":"2026-11-29T10:00:00Z"', b'"occurred_at":null'),
+    _with(TYPICAL, b'"event_type":"product.upserted"', b'"event_type":""'),
+    _with(TYPICAL, b'"event_type":"product.upserted"', b'"event_type":' + orjson.dumps("x" * 65)),
+    _with(TYPICAL, b'"id":"aa-1-13"', b'"id":"gid://shopify/TaxonomyCategory/aa-1-13"'),
+    _with(TYPICAL, b'"id":"aa-1-13"', b'"id":"gid://shopify/TaxonomyCategory/aa-1-13\\n"'),
+    _with(TYPICAL, b'"id":"aa-1-13"', b'"id":""'),
+    _with(TYPICAL, b'"id":"aa-1-13"', b'"id":null'),
+    _with(TYPICAL, b'"hs_code":"6205.20"', b'"hs_code":"620520"'),
+    _with(TYPICAL, b'"hs_code":"6205.20"', b'"hs_code":"62.05"'),
+    _with(TYPICAL, b'"hs_code":"6205.20"', b'"hs_code":""'),
+    _with(TYPICAL, b'"hs_code":"6205.20"', b'"hs_code":"\\u0036\\u0032"'),
+    _with(TYPICAL, b'"path":"Apparel & Accessories > Clothing > Clothing Tops"', b'"path":"  apparel &  accessories>clothing  "'),
+    _with(TYPICAL, b'"path":"Apparel & Accessories > Clothing > Clothing Tops"', b'"path":"' + b" > ".join([b"A"] * 17) + b'"'),
+    _with(TYPICAL, b'"path":"Apparel & Accessories > Clothing > Clothing Tops"', b'"path":"A\\n> B"'),
+    _with(TYPICAL, b'"seller":{"id":"S-88",', b'"seller":{"id":null,'),
+    _with(TYPICAL, b'"seller":{"id":"S-88",', b'"seller":{"id":"",'),
+    _with(TYPICAL, b'"seller":{"id":"S-88",', b'"seller":{"id":88,'),
+    _with(TYPICAL, b'"price":{"amount":"12.50","currency":"USD"}', b'"price":null'),
+    _with(TYPICAL, b'"price":{"amount":"12.50","currency":"USD"}', b'"price":{"amount":"12.50"}'),
+    _with(TYPICAL, b'"price":{"amount":"12.50","currency":"USD"}', b'"price":[]'),
+    _with(TYPICAL, b'"category":{', b'"category":null,"x":{'),
+    # the document around it
+    b"\xef\xbb\xbf" + TYPICAL,
+    b" \t\r\n" + TYPICAL + b" \t\r\n",
+    TYPICAL + b"\x0c",
+    TYPICAL + b"x",
+    TYPICAL + TYPICAL,
+    TYPICAL[:-1] + b",}",
+    TYPICAL[:-1],
+    TYPICAL + b"\x00",
+    b"[" + TYPICAL + b"]",
+    b"",
+    b"null",
+    TYPICAL.replace(b":", b" : "),
+]
+
+
+@pytest.mark.parametrize("raw", EDGE_CASES, ids=[f"edge-{index}" for index in range(len(EDGE_CASES))])
+def test_edge_cases_decode_alike(raw: bytes) -> None:
+    assert_decodes_alike(raw)
+
+
+def test_edge_cases_cover_both_outcomes() -> None:
+    fast = sum(decode_typical(raw) is not None for raw in EDGE_CASES)
+    invalid = sum(isinstance(outcome_of(decode_event_reference, raw), tuple) for raw in EDGE_CASES)
+    assert fast >= 20 and invalid >= 40
+
+
+def test_payload_limit_comes_first() -> None:
+    raw = TYPICAL[:-1] + b',"x":"' + b"a" * 1_048_576 + b'"}'
+    assert decode_typical(raw) is None
+    assert_decodes_alike(raw)
+
+
+@SETTINGS
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_decode_alike(raw: bytes) -> None:
+    assert_decodes_alike(raw)
+
+
+@SETTINGS
+@given(json_values)
+def test_arbitrary_json_decodes_alike(value: Any) -> None:
+    assert_decodes_alike(orjson.dumps(value))
+
+
+@SETTINGS
+@given(mutated_events())
+def test_mutated_events_decode_alike(event: dict[str, Any]) -> None:
+    assert_decodes_alike(orjson.dumps(event))
+
+
+@SETTINGS
+@given(mutated_events(), st.integers(min_value=0, max_value=400), st.binary(min_size=1, max_size=3))
+def test_corrupted_events_decode_alike(event: dict[str, Any], cut: int, junk: bytes) -> None:
+    raw = orjson.dumps(event)
+    assert_decodes_alike(raw[:cut])
+    assert_decodes_alike(raw[:cut] + junk + raw[cut + len(junk):])
+    assert_decodes_alike(raw[:cut] + junk + raw[cut:])
+
+
+LEAVES = [
+    ("event_id",), ("event_type",), ("occurred_at",), ("product", "id"), ("product", "version"), ("product", "title"),
+    ("product", "seller", "id"), ("product", "seller", "country"), ("product", "ship_from_country"),
+    ("product", "category", "path"), ("product", "category", "id"), ("product", "hs_code"),
+    ("product", "price", "amount"), ("product", "price", "currency"),
+]
+text_values = st.text(max_size=24) | st.text(alphabet=st.characters(codec="utf-8"), max_size=6) | st.sampled_from(
+    ["", "ID", "CN", "id", "62", "6205.20", "62.05", "aa-1", "gid://shopify/TaxonomyCategory/aa-1", "A > B", " > ",
+     "0", "0.5", "00.5", "USD", "2026-11-29T10:00:00Z", "2026-11-29T10:00:00.123+07:00", "\u0000", "é" * 3]
+)
+leaf_values = (
+    st.none() | st.booleans() | text_values | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.just(7.0) | st.lists(st.integers(-10, 10), max_size=2)
+)
+
+
+@st.composite
+def raw_variants(draw: st.DrawFn) -> bytes:
+    """The typical event with leaves replaced, and perhaps a duplicate key spliced into the JSON text."""
+    event = copy.deepcopy(VALID_EVENT)
+    for _ in range(draw(st.integers(min_value=0, max_value=3))):
+        *parents, leaf = draw(st.sampled_from(LEAVES))
+        target = event
+        for key in parents:
+            target = target[key]
+        target[leaf] = draw(leaf_values)
+    raw = orjson.dumps(event)
+    if draw(st.booleans()):
+        *_, leaf = draw(st.sampled_from(LEAVES))
+        duplicate = b'"' + leaf.encode() + b'":' + orjson.dumps(draw(leaf_values))
+        marker = b'"' + leaf.encode() + b'":'
+        if marker in raw:
+            at = raw.index(marker)
+            raw = raw[:at] + duplicate + b"," + raw[at:] if draw(st.booleans()) else (
+                raw[:at] + marker + raw[at + len(marker):].replace(b",", b"," + duplicate + b",", 1)
+            )
+    return raw
+
+
+@SETTINGS
+@given(raw_variants())
+def test_variants_and_duplicate_keys_decode_alike(raw: bytes) -> None:
+    assert_decodes_alike(raw)
