@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from typing import Any
 
 import orjson
@@ -12,10 +13,13 @@ from hypothesis import strategies as st
 from msgspec.structs import astuple
 
 from tests.unit.conftest import VALID_EVENT
+from tests.unit.test_policy_rules import MIN_PRICE, PHONE, SNACKS, policy_with
 from tests.unit.test_properties import json_values, mutated_events
-from worker.core import InvalidEvent, ProductEvent, decode_event, load_bundled_policy
+from worker.core import InvalidEvent, Policy, ProductEvent, decode_event, load_bundled_policy
+from worker.core.classify import Decision, classify, decision_id, judge_afresh
 from worker.core.event import EventFacts, decode_event_reference, decode_typical
 from worker.core.state import _FACT_FIELDS
+from worker.sample import taxonomy
 
 SETTINGS = settings(max_examples=300, deadline=None)
 POLICY = load_bundled_policy()
@@ -265,3 +269,74 @@ def raw_variants(draw: st.DrawFn) -> bytes:
 @given(raw_variants())
 def test_variants_and_duplicate_keys_decode_alike(raw: bytes) -> None:
     assert_decodes_alike(raw)
+
+
+# --- classification ----------------------------------------------------------------------
+
+RULE_POLICIES = {
+    "bundled": POLICY,
+    "dated": policy_with(effective={"crafts": "2026-12-01", "textile_fashion": "2026-12-01T07:00:00+07:00"}, version="t-dated"),
+    "exempt": policy_with(exempt=["S-1", "S-2"], version="t-exempt"),
+    "minimum": policy_with(minimum=MIN_PRICE, version="t-minimum"),
+    "all": policy_with(effective={"food_beverage": "2026-12-01"}, exempt=["S-1"], minimum=MIN_PRICE, version="t-all"),
+}
+CATEGORIES = taxonomy()[::97]
+DEC_1 = 1_796_083_200.0
+
+
+def reference_classify(event: ProductEvent, policy: Policy, now: float) -> Decision:
+    verdict, _ = judge_afresh(event, policy, now)
+    return Decision(
+        decision_id(event.event_id, policy.version), event.event_id, event.product_id, event.product_version,
+        *verdict, policy.version,
+    )
+
+
+@st.composite
+def rule_events(draw: st.DrawFn) -> tuple[ProductEvent, float]:
+    category = draw(st.sampled_from(CATEGORIES))
+    price = draw(st.none() | st.tuples(st.sampled_from(["0.5", "99.99", "100.00", "250", "1500000"]),
+                                        st.sampled_from(["USD", "IDR", "CNY", "EUR"])))
+    event = ProductEvent(
+        draw(st.sampled_from(["e1", "e2"])), "P-1", draw(st.none() | st.integers(0, 3)),
+        draw(st.sampled_from([None, "S-1", "S-2", "S-3"])), draw(st.sampled_from(["ID", "CN", "SG"])),
+        draw(st.sampled_from(["ID", "CN"])), category.path, draw(st.sampled_from([None, category.id])),
+        draw(st.sampled_from([None, "4901", "6109", "1905"])), *(price or (None, None)), None, None,
+    )
+    now = draw(st.sampled_from([DEC_1 - 3600, DEC_1, DEC_1 + 3600]))
+    return event, now
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(RULE_POLICIES)), st.lists(rule_events(), min_size=1, max_size=12))
+def test_classify_with_remembered_verdicts_is_the_reference(name: str, events: list[tuple[ProductEvent, float]]) -> None:
+    """Whatever was decided before for the same facts, time, price and seller still count where they should."""
+    policy = RULE_POLICIES[name]
+    for event, now in events:
+        try:
+            expected: Any = reference_classify(event, policy, now)
+        except InvalidEvent as exc:
+            expected = (exc.code, exc.message)
+        try:
+            got: Any = classify(event, policy, now)
+        except InvalidEvent as exc:
+            got = (exc.code, exc.message)
+        assert got == expected
+
+
+def test_verdicts_that_depend_on_time_price_or_seller_are_not_remembered() -> None:
+    policy = policy_with(effective={"food_beverage": "2026-12-01"}, exempt=["S-1"], minimum=MIN_PRICE)
+    base = ProductEvent("e", "P", 1, "S-9", "CN", "CN", SNACKS, None, None, "1.00", "USD", None, None)
+    classify(base, policy, DEC_1 - 1)  # a dated cluster
+    classify(base._replace(seller_id="S-1", category_path=PHONE), policy, DEC_1)  # an exempt seller
+    classify(base._replace(category_path=PHONE), policy, DEC_1)  # the price decides
+    assert policy._verdicts == {}
+    classify(base._replace(category_path=PHONE, hs_code="4901"), policy, DEC_1)  # HS-exempt: the same for all
+    classify(base._replace(seller_country="ID", ship_from_country="ID", category_path=PHONE), policy, DEC_1)
+    assert len(policy._verdicts) == 2
+
+
+def test_decision_id_is_unchanged() -> None:
+    """BLAKE2b-128 of event id, unit separator, policy version: consumers drop copies by it."""
+    assert decision_id("9f1c-0001", "2026.11.0") == hashlib.blake2b(b"9f1c-0001\x1f2026.11.0", digest_size=16).hexdigest()
+    assert decision_id("é\u2028" + ASTRAL, "v1") == hashlib.blake2b(("é\u2028" + ASTRAL + "\x1fv1").encode(), digest_size=16).hexdigest()

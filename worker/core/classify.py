@@ -7,7 +7,7 @@ import hashlib
 import time
 from typing import Any, Final, NamedTuple
 
-from worker.core.event import ProductEvent
+from worker.core.event import EventFacts, ProductEvent
 from worker.core.policy import MatchKind, Policy
 
 BLOCK: Final = "block"
@@ -80,6 +80,18 @@ def decision_id(event_id: str, policy_version: str) -> str:
     return hashlib.blake2b(f"{event_id}\x1f{policy_version}".encode(), digest_size=16).hexdigest()
 
 
+class Verdict(NamedTuple):
+    """A decision without its ids: what the countries, the category and the HS code (and the policy) decide."""
+
+    decision: str
+    cross_border: bool
+    cluster: str | None
+    reasons: tuple[str, ...]
+
+
+_tuple_new = tuple.__new__  # a NamedTuple without its Python-level __new__ (classify runs once per event)
+
+
 def classify(event: ProductEvent, policy: Policy, now: float | None = None) -> Decision:
     """Decide one valid event under ``policy`` at ``now`` (epoch seconds). Pure: same inputs, same decision.
 
@@ -88,6 +100,39 @@ def classify(event: ProductEvent, policy: Policy, now: float | None = None) -> D
     reproducible decisions pass it. Raises InvalidEvent (PRICE_REQUIRED, NO_EXCHANGE_RATE) when the
     minimum-price rule must judge an item it cannot price.
     """
+    return _tuple_new(Decision, (
+        decision_id(event.event_id, policy.version), event.event_id, event.product_id, event.product_version,
+        *judge(event, policy, now), policy.version,
+    ))
+
+
+def judge(event: ProductEvent | EventFacts, policy: Policy, now: float | None = None) -> Verdict:
+    """classify without the ids; what the policy decided for the same facts before, when nothing else mattered.
+
+    Most events repeat a (home or foreign seller, home or foreign origin, category, HS code) seen
+    before, and unless a seller exemption, a cluster's date or a price decided it, the verdict is
+    the same again: it is kept per policy (the Policy object is immutable; a new policy starts
+    empty). worker/core/fast.py reads the same keys.
+    """
+    exempt_sellers = policy.exempt_sellers
+    if not (exempt_sellers and event.seller_id in exempt_sellers):
+        homes = policy.home_countries
+        key = (
+            event.seller_country in homes, event.ship_from_country in homes,
+            event.category_path, event.category_id, event.hs_code,
+        )
+        verdict = policy._verdicts.get(key)
+        if verdict is None:
+            verdict, reusable = judge_afresh(event, policy, now)
+            if reusable:
+                policy.remember_verdict(key, verdict)
+        return verdict
+    return judge_afresh(event, policy, now)[0]
+
+
+def judge_afresh(event: ProductEvent | EventFacts, policy: Policy, now: float | None = None) -> tuple[Verdict, bool]:
+    """The reference: the verdict, and whether every event with the same home/foreign seller and origin, category
+    and HS code gets it."""
     homes = policy.home_countries
     foreign_seller = policy.checks_seller and event.seller_country not in homes
     foreign_origin = policy.checks_ship_from and event.ship_from_country not in homes
@@ -97,15 +142,19 @@ def classify(event: ProductEvent, policy: Policy, now: float | None = None) -> D
     cluster = match.cluster
     restricted = cluster is not None
     not_yet_effective = False
-    if restricted and policy._effective_from and not policy.cluster_in_force(cluster, time.time() if now is None else now):
-        restricted = False
-        not_yet_effective = True
+    reusable = True
+    if restricted and policy._effective_from and cluster in policy._effective_from:
+        reusable = False  # depends on the time
+        if not policy.cluster_in_force(cluster, time.time() if now is None else now):
+            restricted = False
+            not_yet_effective = True
 
     blocked = False
     price_evidence = None
     exempt_sellers = policy.exempt_sellers
     if exempt_sellers and event.seller_id in exempt_sellers:
         reasons = [Reason.SELLER_EXEMPT]
+        reusable = False  # depends on the seller
     elif restricted:
         blocked = cross_border
         reasons = [Reason.CROSS_BORDER_RESTRICTED_CLUSTER if cross_border else Reason.DOMESTIC_ITEM]
@@ -115,11 +164,13 @@ def classify(event: ProductEvent, policy: Policy, now: float | None = None) -> D
         if rule is not None and cross_border:  # applies_to: cross_border is the only scope so far
             if rule.exempts(event.hs_code):
                 price_evidence = Reason.HS_EXEMPT_FROM_MINIMUM_PRICE
-            elif rule.is_below(event.price_amount, event.price_currency, policy.version):
-                blocked = True
-                reasons = [Reason.CROSS_BORDER_BELOW_MINIMUM_PRICE]
             else:
-                price_evidence = Reason.PRICE_AT_OR_ABOVE_MINIMUM
+                reusable = False  # depends on the price
+                if rule.is_below(event.price_amount, event.price_currency, policy.version):
+                    blocked = True
+                    reasons = [Reason.CROSS_BORDER_BELOW_MINIMUM_PRICE]
+                else:
+                    price_evidence = Reason.PRICE_AT_OR_ABOVE_MINIMUM
     if foreign_seller:
         reasons.append(Reason.FOREIGN_SELLER)
     if foreign_origin:
@@ -131,15 +182,4 @@ def classify(event: ProductEvent, policy: Policy, now: float | None = None) -> D
         reasons.append(Reason.CLUSTER_NOT_YET_EFFECTIVE)
     if price_evidence is not None:
         reasons.append(price_evidence)
-
-    return Decision(
-        decision_id(event.event_id, policy.version),
-        event.event_id,
-        event.product_id,
-        event.product_version,
-        BLOCK if blocked else ALLOW,
-        cross_border,
-        cluster,
-        tuple(reasons),
-        policy.version,
-    )
+    return Verdict(BLOCK if blocked else ALLOW, cross_border, cluster, tuple(reasons)), reusable

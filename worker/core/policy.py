@@ -10,13 +10,16 @@ from datetime import datetime, timedelta, timezone
 from decimal import Context, Decimal
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import orjson
 import yaml
 
 from worker.core.countries import COUNTRY_CODES
 from worker.core.errors import ErrorCode, InvalidEvent, InvalidPolicy
+
+if TYPE_CHECKING:
+    from worker.core.classify import Verdict
 
 SIGNALS: Final = ("seller_country", "ship_from_country")
 BUNDLED_POLICY: Final = "default.yaml"
@@ -179,6 +182,8 @@ class Policy:
     _by_path: dict[str, Rule] = field(repr=False)
     _by_hs: dict[str, Rule] = field(repr=False)
     _path_cache: dict[str, Rule | None] = field(default_factory=dict, repr=False)
+    # classify's verdicts by (seller at home, ship-from at home, path, category id, HS code), see classify.judge.
+    _verdicts: dict[tuple[bool | str | None, ...], Verdict] = field(default_factory=dict, repr=False)
     # The optional rules; absent, the decision is exactly "cross-border and in a restricted cluster".
     exempt_sellers: frozenset[str] = frozenset()
     minimum_price: MinimumPrice | None = None  # as configured, possibly disabled
@@ -211,6 +216,11 @@ class Policy:
                 f"{_plural(len(rule.exchange_rates), 'exchange rate')}"
             )
         return f"{line}; optional rules: {'; '.join(optional) if optional else 'none'}"
+
+    def remember_verdict(self, key: tuple[bool | str | None, ...], verdict: Verdict) -> None:
+        if len(self._verdicts) >= PATH_CACHE_SIZE:
+            self._verdicts.clear()  # a flood of distinct categories must not grow memory without bound
+        self._verdicts[key] = verdict
 
     def cluster_in_force(self, cluster: str, now: float) -> bool:
         """Whether a restricted cluster's effective date (if any) has been reached at ``now`` (epoch seconds)."""
