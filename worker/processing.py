@@ -10,12 +10,14 @@ import orjson
 from worker.core import InvalidEvent, Policy, decode_event
 from worker.core.clock import format_timestamp
 from worker.core.errors import ErrorCode
+from worker.core.fast import FastPath
 from worker.core.state import ProductState, decide
 
 DECISION = "decision"
 DEAD_LETTER = "dead_letter"
 TOMBSTONE = "tombstone"
 MAX_ERROR_MESSAGE = 1000
+_tuple_new = tuple.__new__  # a NamedTuple without its Python-level __new__, once per event
 # A dead letter carries the input's bytes base64-encoded (4/3 of them) and its key twice: as the record key and,
 # JSON-escaped (up to 6 bytes per byte), as source.key. For any message a topic with Kafka's default limit
 # (message.max.bytes, 1 MiB) accepts that is at most ~7.4 MB, so the worker creates the dead-letter topic with
@@ -83,10 +85,26 @@ class Processor:
         self.state: StateStore = state if state is not None else MemoryStateStore()
         self.dead_letter_max_bytes = dead_letter_max_bytes  # the dead-letter topic's max.message.bytes
 
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        # The policy topic swaps it while the worker runs; a fast path belongs to one policy.
+        self._policy = policy
+        self._fast = FastPath(policy)
+
     def process(
         self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int, now: float
     ) -> Outcome:
         """Never raises for bad input: anything that cannot be decided becomes a dead letter."""
+        if value is not None:
+            fast = self._fast.decide(value, self.state.get, topic, partition, offset, format_timestamp(now))
+            if fast is not None:  # the typical event, to the same bytes as below (worker/core/fast.py)
+                product_key, state, record, decision, cluster = fast
+                self.state.put(product_key, state, partition)
+                return _tuple_new(Outcome, (DECISION, product_key, record, decision, cluster, None, None))
         if value is None:
             if key is None:
                 return self._dead_letter(

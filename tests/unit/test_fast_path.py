@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import time
 from typing import Any
 
 import orjson
@@ -12,14 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from msgspec.structs import astuple
 
-from tests.unit.conftest import VALID_EVENT
+from tests.unit.conftest import VALID_EVENT, make_event
 from tests.unit.test_policy_rules import MIN_PRICE, PHONE, SNACKS, policy_with
 from tests.unit.test_properties import json_values, mutated_events
 from worker.core import InvalidEvent, Policy, ProductEvent, decode_event, load_bundled_policy
 from worker.core.classify import Decision, classify, decision_id, judge_afresh
+from worker.core.clock import format_timestamp
 from worker.core.event import EventFacts, decode_event_reference, decode_typical
-from worker.core.state import _FACT_FIELDS
-from worker.sample import taxonomy
+from worker.core.state import _FACT_FIELDS, ProductState, StoredState
+from worker.processing import MemoryStateStore, Outcome, Processor
+from worker.sample import generate, taxonomy
 
 SETTINGS = settings(max_examples=300, deadline=None)
 POLICY = load_bundled_policy()
@@ -340,3 +343,162 @@ def test_decision_id_is_unchanged() -> None:
     """BLAKE2b-128 of event id, unit separator, policy version: consumers drop copies by it."""
     assert decision_id("9f1c-0001", "2026.11.0") == hashlib.blake2b(b"9f1c-0001\x1f2026.11.0", digest_size=16).hexdigest()
     assert decision_id("é\u2028" + ASTRAL, "v1") == hashlib.blake2b(("é\u2028" + ASTRAL + "\x1fv1").encode(), digest_size=16).hexdigest()
+
+
+# --- state and whole decisions -------------------------------------------------------------
+
+
+def reference_state_encoding(state: ProductState) -> bytes:
+    """How states were stored before (orjson), which states already in changelogs hold."""
+    return orjson.dumps({
+        "decision": state.decision, "cluster": state.cluster, "cross_border": state.cross_border,
+        "policy_version": state.policy_version, "decision_id": state.decision_id, "partition": state.partition,
+        "facts": dict(zip(_FACT_FIELDS, state.facts)),
+    })
+
+
+optional_text = st.none() | st.text(min_size=1, max_size=20)
+
+
+@SETTINGS
+@given(
+    st.builds(ProductEvent, st.text(min_size=1), st.text(min_size=1), st.none() | st.integers(0, 2**63 - 1), optional_text,
+              st.sampled_from(["ID", "CN"]), st.sampled_from(["ID", "CN"]), st.text(min_size=1), optional_text,
+              optional_text, optional_text, optional_text, optional_text, optional_text),
+    st.sampled_from(["block", "allow"]), st.none() | st.sampled_from(["crafts", "textile_fashion"]), st.booleans(),
+    st.integers(0, 1000),
+)
+def test_state_encoding_is_unchanged(facts: ProductEvent, decision: str, cluster: str | None, cross_border: bool, partition: int) -> None:
+    state = ProductState(decision, cluster, cross_border, "2026.11.0", "ab" * 16, partition, facts)
+    encoded = state.encode()
+    assert encoded == reference_state_encoding(state)
+    assert ProductState.decode(encoded) == state
+    assert StoredState.__struct_fields__ == ("decision", "cluster", "cross_border", "policy_version", "decision_id", "partition", "facts")
+
+
+class _NoFastPath:
+    def decide(self, *args: Any) -> None:
+        return None
+
+
+class ReferenceProcessor(Processor):
+    """Processor with every event on the reference path."""
+
+    @Processor.policy.setter  # type: ignore[attr-defined,untyped-decorator]
+    def policy(self, policy: Policy) -> None:
+        self._policy = policy
+        self._fast = _NoFastPath()
+
+
+class CountingProcessor(Processor):
+    """Processor that counts the events its fast path decided."""
+
+    fast_decisions = 0
+
+    def process(self, *args: Any) -> Outcome:
+        decide = self._fast.decide
+
+        def counted(*inner: Any) -> Any:
+            result = decide(*inner)
+            self.fast_decisions += result is not None
+            return result
+
+        self._fast.decide = counted  # type: ignore[method-assign]
+        try:
+            return super().process(*args)
+        finally:
+            del self._fast.decide
+
+
+def run_both(policy: Policy, messages: list[tuple[bytes | None, bytes | None]], now: float = DEC_1) -> CountingProcessor:
+    fast, reference = CountingProcessor(policy, MemoryStateStore()), ReferenceProcessor(policy, MemoryStateStore())
+    for offset, (key, value) in enumerate(messages):
+        got = fast.process(key, value, "in", offset % 3, offset, now + offset * 0.0005)
+        expected = reference.process(key, value, "in", offset % 3, offset, now + offset * 0.0005)
+        assert got == expected, (offset, value)
+        assert fast.state == reference.state
+    return fast
+
+
+@pytest.mark.parametrize("name", sorted(RULE_POLICIES))
+def test_sample_stream_is_decided_alike(name: str) -> None:
+    policy = RULE_POLICIES[name]
+    sample = list(generate(2000, seed=11, malformed_ratio=0.05, products=300))
+    messages: list[tuple[bytes | None, bytes | None]] = [*sample, (b"P-0000001", None), (None, None)]  # tombstones
+    messages += sample[:500]  # the same again: stale versions
+    messages += [(key.replace(b"P-", b"Q-"), value.replace(b'"P-', b'"Q-')) for key, value in sample]  # known kinds
+    processor = run_both(policy, messages)
+    if name in ("bundled", "exempt"):
+        assert processor.fast_decisions > 1500  # the typical event did take the fast path
+
+
+def test_policy_swap_moves_the_fast_path_along() -> None:
+    processor = CountingProcessor(load_bundled_policy(), MemoryStateStore())
+    raw = orjson.dumps(VALID_EVENT)
+    processor.process(b"P-1001", raw, "in", 0, 0, DEC_1)  # first of its kind: the reference path judges it
+    processor.process(b"P-1001", raw, "in", 0, 1, DEC_1)
+    assert processor.fast_decisions == 1
+    swapped = policy_with(exempt=["S-1"], version="t-swapped")
+    processor.policy = swapped
+    assert processor.policy is swapped
+    for offset in (2, 3):
+        outcome = processor.process(b"P-1001", raw, "in", 0, offset, DEC_1)
+        assert orjson.loads(outcome.value or b"")["policy_version"] == swapped.version
+    assert processor.fast_decisions == 2
+
+
+@st.composite
+def message_streams(draw: st.DrawFn) -> list[tuple[bytes | None, bytes | None]]:
+    """A few products and categories, versions up and down, sellers, prices, oddities, tombstones."""
+    messages: list[tuple[bytes | None, bytes | None]] = []
+    for index in range(draw(st.integers(min_value=1, max_value=25))):
+        product = draw(st.sampled_from(["P-1", "P-2", "P-\u00e9"]))
+        if draw(st.integers(0, 19)) == 0:
+            messages.append((product.encode(), None))
+            continue
+        category = draw(st.sampled_from(CATEGORIES[:6]))
+        changes: dict[str, Any] = {
+            "event_id": f"e-{index}",
+            "product__id": product,
+            "product__version": draw(st.none() | st.integers(0, 4)),
+            "product__seller": {"country": draw(st.sampled_from(["ID", "CN"]))} | (
+                {"id": seller} if (seller := draw(st.sampled_from([None, "S-1", "S-9"]))) else {}),
+            "product__ship_from_country": draw(st.sampled_from(["ID", "CN"])),
+            "product__category": {"path": category.path} | ({"id": category.id} if draw(st.booleans()) else {}),
+            "product__hs_code": draw(st.sampled_from([..., "4901", "6205.20"])),
+            "product__price": draw(st.sampled_from([..., {"amount": "5.00", "currency": "USD"},
+                                                    {"amount": "500.00", "currency": "USD"}, {"amount": "1", "currency": "EUR"}])),
+        }
+        if draw(st.integers(0, 9)) == 0:
+            changes[draw(st.sampled_from(["extra", "product__extra", "product__version"]))] = draw(leaf_values)
+        messages.append((product.encode(), orjson.dumps(make_event(**changes))))
+    return messages
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(RULE_POLICIES)), message_streams())
+def test_streams_are_decided_alike(name: str, messages: list[tuple[bytes | None, bytes | None]]) -> None:
+    run_both(RULE_POLICIES[name], messages)
+
+
+def test_stored_state_the_fast_path_cannot_read_goes_the_reference_way() -> None:
+    processor = CountingProcessor(load_bundled_policy(), MemoryStateStore())
+    raw = orjson.dumps(VALID_EVENT)
+    processor.process(b"P-1001", raw, "in", 0, 0, DEC_1)  # first sight of the category: reference path
+    processor.state[b"P-1001"] = b'{"decision": 5, "facts": {}}'  # not what the fast path expects
+    with pytest.raises(KeyError):  # what the reference path did with such a state, before and now
+        processor.process(b"P-1001", raw, "in", 0, 1, DEC_1)
+    assert processor.fast_decisions == 0
+
+
+# --- the clock -----------------------------------------------------------------------------
+
+
+@given(st.lists(st.floats(min_value=0, max_value=4_000_000_000), min_size=1, max_size=20))
+def test_repeated_timestamps_format_alike(times: list[float]) -> None:
+    def reference(epoch: float) -> str:
+        second = int(epoch)
+        return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(second))}.{int((epoch - second) * 1000):03d}Z"
+
+    for epoch in times + times[::-1] + times:
+        assert format_timestamp(epoch) == reference(epoch)

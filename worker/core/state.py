@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import msgspec
 import orjson
 
 from worker.core.classify import Decision, Reason, classify, decision_id
-from worker.core.event import ProductEvent
+from worker.core.event import EventFacts, ProductEvent
 from worker.core.policy import Policy
 
 STALE_VERSION = Reason.STALE_VERSION
@@ -18,6 +19,33 @@ _FACT_FIELDS = (
     "event_id", "product_id", "product_version", "seller_id", "seller_country", "ship_from_country",
     "category_path", "category_id", "hs_code", "price_amount", "price_currency", "occurred_at", "title",
 )
+
+
+class StoredState(msgspec.Struct, gc=False):
+    """ProductState as stored: a JSON object with these keys in this order (the facts in ProductEvent's order)."""
+
+    decision: str
+    cluster: str | None
+    cross_border: bool
+    policy_version: str
+    decision_id: str
+    partition: int
+    facts: EventFacts
+
+
+class _StoredVersion(msgspec.Struct, gc=False):
+    product_version: int | None = None
+
+
+class StoredDecision(msgspec.Struct, gc=False):
+    """What deciding the next event of a product needs from its stored state: the rest is skipped, not decoded."""
+
+    decision: str
+    facts: _StoredVersion
+
+
+decode_stored_decision = msgspec.json.Decoder(StoredDecision).decode
+_encoder = msgspec.json.Encoder()
 
 
 class ProductState(NamedTuple):
@@ -32,16 +60,11 @@ class ProductState(NamedTuple):
     facts: ProductEvent
 
     def encode(self) -> bytes:
-        # Copied to its exact size: orjson's result keeps a 4 KiB buffer, and states are kept per product.
-        return bytes(memoryview(orjson.dumps({
-            "decision": self.decision,
-            "cluster": self.cluster,
-            "cross_border": self.cross_border,
-            "policy_version": self.policy_version,
-            "decision_id": self.decision_id,
-            "partition": self.partition,
-            "facts": dict(zip(_FACT_FIELDS, self.facts)),
-        })))
+        # Copied to its exact size: an encoder's result keeps its spare buffer, and states are kept per product.
+        return bytes(memoryview(_encoder.encode(StoredState(
+            self.decision, self.cluster, self.cross_border, self.policy_version, self.decision_id, self.partition,
+            EventFacts(*self.facts),
+        ))))
 
     @classmethod
     def decode(cls, data: bytes) -> ProductState:

@@ -1,0 +1,136 @@
+"""Deciding a typical event in one pass: decoded, checked and encoded in C, everything unusual left to the reference path."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from worker.core.event import parse_typical, typical_category, typical_facts
+from worker.core.policy import PATH_CACHE_SIZE, Policy
+from worker.core.state import StoredState, decode_stored_decision
+
+# key, state to store, decision record, decision, cluster
+FastDecision = tuple[bytes, bytes, bytes, str, str | None]
+
+
+class _Source(msgspec.Struct, gc=False):
+    topic: str
+    partition: int
+    offset: int
+
+
+class _DecisionRecord(msgspec.Struct, gc=False):
+    """Transition.record() with a topic source: the same keys in the same order, so the same bytes."""
+
+    decision_id: str
+    event_id: str
+    product_id: str
+    product_version: int | None
+    decision: str
+    cross_border: bool
+    cluster: str | None
+    reasons: tuple[str, ...]
+    policy_version: str
+    decided_at: str
+    source: _Source
+    previous_decision: str | None
+    changed: bool
+
+
+class FastPath:
+    """What Processor.process does for an event that is typical in every way, or None to say "take the reference path".
+
+    Typical: decode_typical accepts it (a valid event with only the schema's fields), the
+    policy has judged its (countries, category, HS code) before with nothing else mattering
+    (classify.judge's verdicts; the first event of a kind takes the reference path, which
+    judges it), its seller is not exempt, and it is not older than the version already
+    decided. It returns the same bytes as the reference path (tests compare them). One per
+    policy; not for use from several threads at once (it reuses one encoding buffer).
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._verdicts = policy._verdicts  # filled by classify.judge; the same dict for the policy's lifetime
+        self._exempt_sellers = policy.exempt_sellers
+        self._homes = policy.home_countries
+        self._version = policy.version
+        self._id_suffix = f"\x1f{policy.version}".encode()  # decision_id hashes f"{event_id}\x1f{policy_version}"
+        # One lookup per event instead of four: (path, category id, HS code) as sent -> [category id, HS code
+        # as ProductEvent holds them, then the verdicts for seller and origin abroad/abroad, abroad/home,
+        # home/abroad, home/home, each None until classify.judge has kept it].
+        self._kinds: dict[tuple[str, str | None, str | None], list[Any]] = {}
+        encoder = msgspec.json.Encoder()
+        self._encode = encoder.encode
+        self._encode_into = encoder.encode_into
+        self._buffer = bytearray(1024)
+
+    def decide(  # noqa: PLR0913
+        self, raw: bytes, stored_state: Callable[[bytes], bytes | None], topic: str, partition: int, offset: int,
+        decided_at: str,
+    ) -> FastDecision | None:
+        event = parse_typical(raw)
+        if event is None:
+            return None
+        product = event.product
+        category = product.category
+        kind_key = (category.path, category.id, product.hs_code)
+        kind = self._kinds.get(kind_key)
+        if kind is None:
+            kind = self._new_kind(kind_key)
+            if kind is None:
+                return None
+        facts = typical_facts(event, kind[0], kind[1])
+        if facts is None:
+            return None
+        exempt_sellers = self._exempt_sellers
+        if exempt_sellers and facts.seller_id in exempt_sellers:
+            return None
+        homes = self._homes
+        seller_home, origin_home = facts.seller_country in homes, facts.ship_from_country in homes
+        slot = 2 + 2 * seller_home + origin_home
+        verdict = kind[slot]
+        if verdict is None:
+            judged = self._verdicts.get((seller_home, origin_home, facts.category_path, kind[0], kind[1]))
+            if judged is None:
+                return None  # not judged yet, or not the same for all such events: the reference path judges
+            verdict = kind[slot] = tuple(judged)  # a plain tuple unpacks faster than a NamedTuple
+        product_key = facts.product_id.encode()
+        stored = stored_state(product_key)
+        previous_decision = None
+        if stored is not None:
+            try:
+                previous = decode_stored_decision(stored)
+            except ValueError:
+                return None  # the reference path decodes the whole state and says what is wrong with it
+            known, version = previous.facts.product_version, facts.product_version
+            if version is not None and known is not None and version < known:
+                return None  # stale: the reference path repeats the decision in force
+            previous_decision = previous.decision
+        event_id = facts.event_id
+        decision_id = hashlib.blake2b(event_id.encode() + self._id_suffix, digest_size=16).hexdigest()
+        decision, cross_border, cluster, reasons = verdict
+        policy_version = self._version
+        buffer = self._buffer
+        # Encoded into a reused buffer and copied out at its exact size: states are kept per product.
+        self._encode_into(
+            StoredState(decision, cluster, cross_border, policy_version, decision_id, partition, facts), buffer
+        )
+        record = self._encode(_DecisionRecord(
+            decision_id, event_id, facts.product_id, facts.product_version, decision, cross_border, cluster, reasons,
+            policy_version, decided_at, _Source(topic, partition, offset), previous_decision,
+            previous_decision != decision,
+        ))
+        return product_key, bytes(buffer), record, decision, cluster
+
+    def _new_kind(self, key: tuple[str, str | None, str | None]) -> list[Any] | None:
+        normal = typical_category(*key)
+        if normal is None:
+            return None  # invalid: the reference path says what is wrong
+        if len(self._kinds) >= PATH_CACHE_SIZE:
+            self._kinds.clear()  # a flood of distinct categories must not grow memory without bound
+        kind: list[Any] = [*normal, None, None, None, None]
+        self._kinds[key] = kind
+        return kind
