@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -138,9 +137,8 @@ class Trickle:
             self.process.wait(10)
 
 
-def poll(predicate: object, timeout: float, interval: float = 0.2) -> float | None:
+def poll(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> float | None:
     """Seconds until ``predicate()`` was true, or None after ``timeout``."""
-    assert callable(predicate)
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if predicate():
