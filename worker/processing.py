@@ -100,7 +100,7 @@ class Processor:
     ) -> Outcome:
         """Never raises for bad input: anything that cannot be decided becomes a dead letter."""
         if value is not None:
-            fast = self._fast.decide(value, self.state.get, topic, partition, offset, format_timestamp(now))
+            fast = self._fast.decide(value, self.state.get, topic, partition, offset, now, format_timestamp(now))
             if fast is not None:  # the typical event, to the same bytes as below (worker/core/fast.py)
                 product_key, state, record, decision, cluster = fast
                 self.state.put(product_key, state, partition)

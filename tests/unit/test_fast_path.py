@@ -428,23 +428,22 @@ def test_sample_stream_is_decided_alike(name: str) -> None:
     messages += sample[:500]  # the same again: stale versions
     messages += [(key.replace(b"P-", b"Q-"), value.replace(b'"P-', b'"Q-')) for key, value in sample]  # known kinds
     processor = run_both(policy, messages)
-    if name in ("bundled", "exempt"):
-        assert processor.fast_decisions > 1500  # the typical event did take the fast path
+    assert processor.fast_decisions > 3000  # the typical event did take the fast path, whatever the rules
 
 
 def test_policy_swap_moves_the_fast_path_along() -> None:
     processor = CountingProcessor(load_bundled_policy(), MemoryStateStore())
     raw = orjson.dumps(VALID_EVENT)
-    processor.process(b"P-1001", raw, "in", 0, 0, DEC_1)  # first of its kind: the reference path judges it
+    processor.process(b"P-1001", raw, "in", 0, 0, DEC_1)
     processor.process(b"P-1001", raw, "in", 0, 1, DEC_1)
-    assert processor.fast_decisions == 1
+    assert processor.fast_decisions == 2
     swapped = policy_with(exempt=["S-1"], version="t-swapped")
     processor.policy = swapped
     assert processor.policy is swapped
     for offset in (2, 3):
         outcome = processor.process(b"P-1001", raw, "in", 0, offset, DEC_1)
         assert orjson.loads(outcome.value or b"")["policy_version"] == swapped.version
-    assert processor.fast_decisions == 2
+    assert processor.fast_decisions == 4
 
 
 @st.composite
@@ -484,11 +483,11 @@ def test_streams_are_decided_alike(name: str, messages: list[tuple[bytes | None,
 def test_stored_state_the_fast_path_cannot_read_goes_the_reference_way() -> None:
     processor = CountingProcessor(load_bundled_policy(), MemoryStateStore())
     raw = orjson.dumps(VALID_EVENT)
-    processor.process(b"P-1001", raw, "in", 0, 0, DEC_1)  # first sight of the category: reference path
+    processor.process(b"P-1001", raw, "in", 0, 0, DEC_1)
     processor.state[b"P-1001"] = b'{"decision": 5, "facts": {}}'  # not what the fast path expects
     with pytest.raises(KeyError):  # what the reference path did with such a state, before and now
         processor.process(b"P-1001", raw, "in", 0, 1, DEC_1)
-    assert processor.fast_decisions == 0
+    assert processor.fast_decisions == 1
 
 
 # --- the clock -----------------------------------------------------------------------------

@@ -8,7 +8,9 @@ from typing import Any
 
 import msgspec
 
-from worker.core.event import parse_typical, typical_category, typical_facts
+from worker.core.classify import Verdict, judge
+from worker.core.errors import InvalidEvent
+from worker.core.event import EventFacts, parse_typical, typical_category, typical_facts
 from worker.core.policy import PATH_CACHE_SIZE, Policy
 from worker.core.state import StoredState, decode_stored_decision
 
@@ -44,11 +46,11 @@ class FastPath:
     """What Processor.process does for an event that is typical in every way, or None to say "take the reference path".
 
     Typical: decode_typical accepts it (a valid event with only the schema's fields), the
-    policy has judged its (countries, category, HS code) before with nothing else mattering
-    (classify.judge's verdicts; the first event of a kind takes the reference path, which
-    judges it), its seller is not exempt, and it is not older than the version already
-    decided. It returns the same bytes as the reference path (tests compare them). One per
-    policy; not for use from several threads at once (it reuses one encoding buffer).
+    policy can decide it (no PRICE_REQUIRED or NO_EXCHANGE_RATE), and it is not older than
+    the version already decided. The verdict is classify's (classify.judge, which keeps the
+    verdicts that hold for every event of a kind). It returns the same bytes as the
+    reference path (tests compare them). One per policy; not for use from several threads at
+    once (it reuses one encoding buffer).
     """
 
     def __init__(self, policy: Policy) -> None:
@@ -60,7 +62,7 @@ class FastPath:
         self._id_suffix = f"\x1f{policy.version}".encode()  # decision_id hashes f"{event_id}\x1f{policy_version}"
         # One lookup per event instead of four: (path, category id, HS code) as sent -> [category id, HS code
         # as ProductEvent holds them, then the verdicts for seller and origin abroad/abroad, abroad/home,
-        # home/abroad, home/home, each None until classify.judge has kept it].
+        # home/abroad, home/home, each None until classify.judge has kept one for all such events].
         self._kinds: dict[tuple[str, str | None, str | None], list[Any]] = {}
         encoder = msgspec.json.Encoder()
         self._encode = encoder.encode
@@ -69,7 +71,7 @@ class FastPath:
 
     def decide(  # noqa: PLR0913
         self, raw: bytes, stored_state: Callable[[bytes], bytes | None], topic: str, partition: int, offset: int,
-        decided_at: str,
+        now: float, decided_at: str,
     ) -> FastDecision | None:
         event = parse_typical(raw)
         if event is None:
@@ -87,16 +89,20 @@ class FastPath:
             return None
         exempt_sellers = self._exempt_sellers
         if exempt_sellers and facts.seller_id in exempt_sellers:
-            return None
-        homes = self._homes
-        seller_home, origin_home = facts.seller_country in homes, facts.ship_from_country in homes
-        slot = 2 + 2 * seller_home + origin_home
-        verdict = kind[slot]
+            verdict = self._judge(facts, now)
+        else:
+            homes = self._homes
+            seller_home, origin_home = facts.seller_country in homes, facts.ship_from_country in homes
+            slot = 2 + 2 * seller_home + origin_home
+            verdict = kind[slot]
+            if verdict is None:
+                kept = self._verdicts.get((seller_home, origin_home, facts.category_path, kind[0], kind[1]))
+                if kept is not None:
+                    verdict = kind[slot] = tuple(kept)  # a plain tuple unpacks faster than a NamedTuple
+                else:
+                    verdict = self._judge(facts, now)  # judge keeps it when it holds for every such event
         if verdict is None:
-            judged = self._verdicts.get((seller_home, origin_home, facts.category_path, kind[0], kind[1]))
-            if judged is None:
-                return None  # not judged yet, or not the same for all such events: the reference path judges
-            verdict = kind[slot] = tuple(judged)  # a plain tuple unpacks faster than a NamedTuple
+            return None
         product_key = facts.product_id.encode()
         stored = stored_state(product_key)
         previous_decision = None
@@ -124,6 +130,12 @@ class FastPath:
             previous_decision != decision,
         ))
         return product_key, bytes(buffer), record, decision, cluster
+
+    def _judge(self, facts: EventFacts, now: float) -> Verdict | None:
+        try:
+            return judge(facts, self.policy, now)
+        except InvalidEvent:
+            return None  # the policy cannot price it: the reference path makes the dead letter
 
     def _new_kind(self, key: tuple[str, str | None, str | None]) -> list[Any] | None:
         normal = typical_category(*key)
