@@ -84,11 +84,13 @@ async def main():
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, request_timeout_ms=120_000)
     await producer.start()
     futures = []
+    sent_at = []  # when send() took each message: during the outage it is buffered, delivered after
     try:
         for key, value in messages:
             if Path(stop_file).exists():
                 break
             futures.append(await producer.send(topic, value, key=key))
+            sent_at.append(round(time.time(), 3))
             if len(futures) == 100:
                 await asyncio.gather(*futures)
                 print("started", flush=True)
@@ -97,6 +99,7 @@ async def main():
     finally:
         await producer.stop()
     failed = sum(isinstance(result, BaseException) for result in results)
+    print(" ".join(map(str, sent_at)))
     print(len(futures), len(futures) - failed, failed)
 
 asyncio.run(main())
@@ -124,12 +127,13 @@ class Trickle:
         started = poll(lambda: self.process.poll() is not None or "started" in self.output.read_text(), timeout)
         assert started is not None and self.process.poll() is None, self.output.read_text()
 
-    def finish(self, timeout: float) -> tuple[int, int, int]:
-        """Stop producing, wait for the outstanding acknowledgements: (sent, acknowledged, failed)."""
+    def finish(self, timeout: float) -> tuple[list[float], int, int]:
+        """Stop producing, wait for the outstanding acknowledgements: (wall time of each send, acknowledged, failed)."""
         self.stop_file.touch()
         assert self.process.wait(timeout) == 0, self.output.read_text()
-        sent, acknowledged, failed = (int(n) for n in self.output.read_text().split()[-3:])
-        return sent, acknowledged, failed
+        *_, times, counts = self.output.read_text().splitlines()
+        _sent, acknowledged, failed = (int(n) for n in counts.split())
+        return [float(t) for t in times.split()], acknowledged, failed
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -190,6 +194,7 @@ def test_broker_outage_not_ready_then_resumes_without_loss(
         stopped_at = time.monotonic()
         broker.down()
         down_took = time.monotonic() - stopped_at
+        down_wall = time.time()
         noticed = poll(lambda: readiness(worker)[0] == 503, timeout=OUTAGE_SECONDS)
         status, body = readiness(worker)
         assert noticed is not None, f"/readyz still 200 {OUTAGE_SECONDS}s into the outage: {body}\n{worker.tail_log()}"
@@ -214,12 +219,14 @@ def test_broker_outage_not_ready_then_resumes_without_loss(
         restarting = time.monotonic()
         broker.up()
         broker_up_took = time.monotonic() - restarting
+        outage_wall = (down_wall, time.time())
         produce_all(bootstrap, names["input"], after[:5_000])  # right after the restart
         ready = poll(lambda: readiness(worker)[0] == 200, timeout=120)
         assert ready is not None, f"not ready 120s after the restart: {readiness(worker)}\n{worker.tail_log()}"
         ready_after_restart = time.monotonic() - restarting
         produce_all(bootstrap, names["input"], after[5_000:])
-        sent, acknowledged, failed = trickle.finish(timeout=150)
+        sent_at, acknowledged, failed = trickle.finish(timeout=150)
+        sent, sent_during = len(sent_at), sum(outage_wall[0] <= t <= outage_wall[1] for t in sent_at)
 
         _, ends = committed_and_end_offsets(bootstrap, worker.app_id, names["input"])
         inputs = consume(bootstrap, names["input"], sum(ends.values()), timeout=120)
@@ -252,13 +259,14 @@ def test_broker_outage_not_ready_then_resumes_without_loss(
     record_property("outage_failed_metadata_updates", metadata_attempts)
     record_property("outage_events", len(expected))
     record_property("outage_repeated_decisions", repeats)
+    record_property("outage_events_sent_while_down", sent_during)
     print(
         f"\nbroker outage of {outage:.0f}s: not ready {not_ready_after:.1f}s after the stop began (kafka.sh down "
         f"took {down_took:.1f}s); worker used {cpu_during:.1f} CPU-s, logged {log_during / 1024:.0f} KiB and "
         f"{metadata_attempts} failed metadata updates meanwhile; "
         f"broker up in {broker_up_took:.1f}s, worker ready {ready_after_restart:.1f}s after the restart began; "
         f"{len(expected)} events, all decided, {repeats} repeated (same decision_id); "
-        f"trickle: {sent} sent, {acknowledged} acknowledged, {failed} failed"
+        f"trickle: {sent} sent ({sent_during} while the broker was down), {acknowledged} acknowledged, {failed} failed"
     )
 
 
