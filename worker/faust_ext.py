@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -131,6 +131,22 @@ class Consumer(faust_aiokafka.Consumer):
             return await super().force_commit(topics, start_new_transaction=start_new_transaction)
         async with self.gate.exclusive():
             return await super().force_commit(topics, start_new_transaction=start_new_transaction)
+
+    async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
+        """The partitions' end offsets asked of the broker; under exactly_once, their last stable offsets.
+
+        Faust's aiokafka driver answers under exactly_once from the consumer's
+        ``last_stable_offset``, which aiokafka knows only once it has fetched from
+        the partition since the last assignment: right after a rebalance that is
+        None, Faust takes it for an empty changelog (highwater -1) and skips the
+        table recovery, so a worker taking over a partition decided its products
+        with no state (``previous_decision`` null). ``end_offsets`` asks the broker;
+        the consumer reads ``read_committed``, so the answer is the last stable offset.
+        """
+        if not self.in_transaction:
+            return await super().highwaters(*partitions)
+        thread = self._thread
+        return await thread.call_thread(thread._ensure_consumer().end_offsets, list(partitions))  # noqa: SLF001
 
     async def commit_transactions(self, transactional_ids: Iterable[str]) -> None:
         """With the gate held: commit what is acked (output with its offsets), then these transactions as they are.

@@ -1,11 +1,15 @@
-"""The consumer's drain-loop fast path keeps Faust's semantics: a rebalance still abandons a stuck callback."""
+"""The consumer's drain-loop fast path keeps Faust's semantics (a rebalance still abandons a stuck callback);
+under exactly_once its highwaters come from the broker."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import pytest
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from worker.app import create_app
 from worker.core import load_bundled_policy
@@ -13,19 +17,32 @@ from worker.faust_ext import Consumer
 from worker.settings import Settings
 
 
-@pytest.fixture
-def consumer() -> Iterator[Consumer]:
+def make_consumer(*, in_transaction: bool = False) -> Iterator[Consumer]:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        app = create_app(Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}), load_bundled_policy())
+        guarantee = "exactly_once" if in_transaction else "at_least_once"
+        settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "PROCESSING_GUARANTEE": guarantee})
+        app = create_app(settings, load_bundled_policy())
         consumer = app.consumer
         assert isinstance(consumer, Consumer), "the app must be built with the extended consumer"
+        # Faust turns transactions on only inside a worker process (app.in_worker), as the worker's consumer has them.
+        consumer.in_transaction = in_transaction
         yield consumer
         consumer._thread.thread_loop.close()  # the consumer thread's own loop, created with the consumer
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+
+
+@pytest.fixture
+def consumer() -> Iterator[Consumer]:
+    yield from make_consumer()
+
+
+@pytest.fixture
+def exactly_once_consumer() -> Iterator[Consumer]:
+    yield from make_consumer(in_transaction=True)
 
 
 def run(consumer: Consumer, coroutine: object) -> object:
@@ -106,3 +123,47 @@ def test_suspended_flow_takes_fausts_own_path(consumer: Consumer) -> None:
 
     result = run(consumer, consumer.wait_first(callback(), consumer.suspend_flow.wait()))
     assert result.results == [True]
+
+
+CHANGELOG = TP("cw-input-decision-state-changelog", 0)
+
+
+class JustAssigned:
+    """An aiokafka consumer right after a rebalance: it has not fetched from the partition yet."""
+
+    def __init__(self, end: int) -> None:
+        self.end = end
+        self.asked: list[list[TP]] = []
+
+    def last_stable_offset(self, tp: TP) -> int | None:
+        return None  # aiokafka learns it from fetch responses only
+
+    async def end_offsets(self, partitions: list[TP]) -> Mapping[TP, int]:
+        self.asked.append(list(partitions))  # a ListOffsets request; read_committed: the last stable offset
+        return {tp: self.end for tp in partitions}
+
+
+def on_this_thread(consumer: Consumer, aiokafka_consumer: JustAssigned) -> None:
+    thread = consumer._thread
+
+    async def call_thread(fun: Any, *args: Any, **kwargs: Any) -> Any:
+        return await fun(*args, **kwargs)
+
+    thread._ensure_consumer = lambda: aiokafka_consumer  # type: ignore[method-assign]
+    thread.call_thread = call_thread  # type: ignore[method-assign]
+
+
+def test_fausts_own_highwater_is_unknown_right_after_a_rebalance(exactly_once_consumer: Consumer) -> None:
+    """Why the override exists: Faust's driver returns None here, which its recovery takes for an empty changelog."""
+    thread = exactly_once_consumer._thread
+    on_this_thread(exactly_once_consumer, JustAssigned(end=2210))
+    highwaters = run(exactly_once_consumer, faust_aiokafka.AIOKafkaConsumerThread._highwaters(thread, [CHANGELOG]))
+    assert highwaters == {CHANGELOG: None}
+
+
+def test_exactly_once_highwaters_are_asked_of_the_broker(exactly_once_consumer: Consumer) -> None:
+    """A worker taking over a changelog partition learns its real end and recovers the table up to it."""
+    just_assigned = JustAssigned(end=2210)
+    on_this_thread(exactly_once_consumer, just_assigned)
+    assert run(exactly_once_consumer, exactly_once_consumer.highwaters(CHANGELOG)) == {CHANGELOG: 2210}
+    assert just_assigned.asked == [[CHANGELOG]]
