@@ -96,6 +96,17 @@ EDGE_CASES = [
     _with(TYPICAL, b'"category":{', b'"category":{"name":"Tops",'),
     _with(TYPICAL, b'"price":{', b'"price":{"tax":null,'),
     _with(TYPICAL, b'"product":{', b'"product":{"images":[{"url":"x"}],'),
+    _with(TYPICAL, b'"seller":{', b'"seller":{"x":"\xed\xa0\x80",'),
+    _with(TYPICAL, b'"price":{', b'"price":{"x":-1e400,'),
+    _with(TYPICAL, b'"price":{', b'"price":{"x":1' + b"0" * 310 + b','),
+    _with(TYPICAL, b'"price":{', b'"price":{"x":"\\ud800",'),
+    _with(TYPICAL, b'"price":{', b'"price":{"x":NaN,'),
+    _with(TYPICAL, b'"price":{', b'"price":{"x":' + b"{" * 1100 + b"}" * 1100 + b','),
+    # escaped keys are the same keys: last one counts, with or without extra fields
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"9f1c-0001","event\\u005fid":"second"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"9f1c-0001","event\\u005fid":"second","x":1'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"x":1,"event\\u005fid":"first","event_id":"9f1c-0001"'),
+    _with(TYPICAL, b'"country":"CN"', b'"country":"CN","\\u0063ountry":"XX","x":1'),
     # duplicate keys: the last one counts, whatever came before
     _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"first","event_id":"9f1c-0001"'),
     _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"9f1c-0001","event_id":"second"'),

@@ -318,10 +318,11 @@ def _accept_typical(d: dict[str, Any]) -> ProductEvent | None:  # noqa: C901, PL
 
 # --- the fastest path: typical events straight from bytes ----------------------------------
 # msgspec decodes and checks types, lengths, bounds and country codes in C while it parses.
-# It is used only where it cannot accept what orjson + validate_event would reject:
-# forbid_unknown_fields keeps every value typed (a skipped value could hold what orjson
-# rejects, such as 1e400), and every string it accepts is valid UTF-8. Everything else
-# (extra fields, 7.0 as a version, null where a value is required, any error at all)
+# It is used only where it cannot accept what orjson + validate_event would reject. With
+# forbid_unknown_fields every value is typed and every string it accepts is valid UTF-8.
+# A value it skips could hold what orjson rejects (1e400, bytes that are not UTF-8), so an
+# event with fields beyond the schema's is taken only once orjson has accepted it whole.
+# Everything else (7.0 as a version, null where a value is required, any error at all)
 # returns None, and the caller takes the path above, which gives the same result or the
 # same error. Tests check the two agree.
 
@@ -364,7 +365,31 @@ class TypicalEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     occurred_at: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SHORT_TEXT)] | None = None
 
 
+# The same, with fields beyond the schema's skipped (a subclass may only loosen the config and retype fields).
+class _SellerWithExtras(_Seller, forbid_unknown_fields=False):
+    pass
+
+
+class _CategoryWithExtras(_Category, forbid_unknown_fields=False):
+    pass
+
+
+class _PriceWithExtras(_Price, forbid_unknown_fields=False):
+    pass
+
+
+class _ProductWithExtras(_Product, forbid_unknown_fields=False):
+    seller: _SellerWithExtras
+    category: _CategoryWithExtras
+    price: _PriceWithExtras | None = None
+
+
+class _EventWithExtras(TypicalEvent, forbid_unknown_fields=False):
+    product: _ProductWithExtras
+
+
 _decode_event_struct = msgspec.json.Decoder(TypicalEvent).decode
+_decode_event_struct_with_extras = msgspec.json.Decoder(_EventWithExtras).decode
 _tuple_new = tuple.__new__  # a NamedTuple without its Python-level __new__: the fields are already checked
 _timestamps: dict[str, bool] = {}
 _currencies: dict[str, bool] = {}
@@ -385,10 +410,18 @@ def parse_typical(raw: bytes) -> TypicalEvent | None:
     """Step 1 of decode_typical: parsed, with types, lengths, bounds and country codes checked (never raises)."""
     if len(raw) > MAX_PAYLOAD_BYTES:
         return None
+    # ValueError: msgspec.DecodeError, UnicodeDecodeError for a string that is not UTF-8, orjson.JSONDecodeError;
+    # RecursionError: msgspec's nesting limit (lower than orjson's) in a value it skips.
     try:
         return _decode_event_struct(raw)
-    except ValueError:  # msgspec.DecodeError, and UnicodeDecodeError for a string that is not UTF-8
+    except (ValueError, RecursionError):
+        pass
+    try:  # perhaps fields beyond the schema's, which the contract allows
+        event = _decode_event_struct_with_extras(raw)
+        orjson.loads(raw)  # what the skipped values hold must be what orjson accepts
+    except (ValueError, RecursionError):
         return None
+    return event
 
 
 def typical_category(path: str, category_id: str | None, hs_code: str | None) -> tuple[str | None, str | None] | None:

@@ -45,8 +45,8 @@ class _DecisionRecord(msgspec.Struct, gc=False):
 class FastPath:
     """What Processor.process does for an event that is typical in every way, or None to say "take the reference path".
 
-    Typical: decode_typical accepts it (a valid event with only the schema's fields), the
-    policy can decide it (no PRICE_REQUIRED or NO_EXCHANGE_RATE), and it is not older than
+    Typical: decode_typical accepts it (a valid event whose values msgspec reads as the
+    reference decoder does), the policy can decide it (no PRICE_REQUIRED or NO_EXCHANGE_RATE), and it is not older than
     the version already decided. The verdict is classify's (classify.judge, which keeps the
     verdicts that hold for every event of a kind). It returns the same bytes as the
     reference path (tests compare them). One per policy; not for use from several threads at
