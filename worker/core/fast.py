@@ -46,11 +46,11 @@ class FastPath:
     """What Processor.process does for an event that is typical in every way, or None to say "take the reference path".
 
     Typical: decode_typical accepts it (a valid event whose values msgspec reads as the
-    reference decoder does), the policy can decide it (no PRICE_REQUIRED or NO_EXCHANGE_RATE), and it is not older than
-    the version already decided. The verdict is classify's (classify.judge, which keeps the
-    verdicts that hold for every event of a kind). It returns the same bytes as the
-    reference path (tests compare them). One per policy; not for use from several threads at
-    once (it reuses one encoding buffer).
+    reference decoder does), the policy can decide it (no PRICE_REQUIRED or NO_EXCHANGE_RATE),
+    and it is not older than the version already decided. The verdict is classify's
+    (classify.judge, which keeps the verdicts that hold for every event of a kind). It returns
+    the same bytes as the reference path (tests compare them). One per policy; not for use
+    from several threads at once (it reuses one encoding buffer).
     """
 
     def __init__(self, policy: Policy) -> None:
@@ -107,10 +107,12 @@ class FastPath:
         stored = stored_state(product_key)
         previous_decision = None
         if stored is not None:
+            # Only two fields are read; the rest is skipped unchecked. States are written by ProductState.encode
+            # and this class, never with what orjson (the reference path's reader) would reject.
             try:
                 previous = decode_stored_decision(stored)
             except ValueError:
-                return None  # the reference path decodes the whole state and says what is wrong with it
+                return None  # the reference path decodes the whole state and fails as it always did
             known, version = previous.facts.product_version, facts.product_version
             if version is not None and known is not None and version < known:
                 return None  # stale: the reference path repeats the decision in force
