@@ -132,6 +132,28 @@ class Consumer(faust_aiokafka.Consumer):
         async with self.gate.exclusive():
             return await super().force_commit(topics, start_new_transaction=start_new_transaction)
 
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Under exactly_once, commit what is acked before Faust forgets it.
+
+        Faust's consumer drops the acked offsets of every revoked partition
+        (``_acked``, and the committed offsets it knows) before its rebalance
+        handler commits, so events acked since the last commit are never
+        committed, while their output stays in the partition's open transaction.
+        A partition the worker keeps (the eager protocol revokes everything, and
+        the producer of a partition assigned again is kept) is then read again
+        from its committed offset and decided again into the same transaction,
+        which commits both copies: committed duplicates. Committing here first,
+        under the gate (no batch is in flight, new ones wait), carries those
+        offsets with their output; nothing can be acked between this commit and
+        Faust's reset, which follows without yielding to the event loop.
+        """
+        if self.in_transaction and not (self.should_stop or self.app.should_stop):
+            try:
+                await self.force_commit()
+            except TransactionAborted:
+                pass  # output failed earlier: nothing is committed any more, and Faust's own commit raises
+        await super().on_partitions_revoked(revoked)
+
     async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
         """The partitions' end offsets asked of the broker; under exactly_once, their last stable offsets.
 

@@ -167,3 +167,42 @@ def test_exactly_once_highwaters_are_asked_of_the_broker(exactly_once_consumer: 
     on_this_thread(exactly_once_consumer, just_assigned)
     assert run(exactly_once_consumer, exactly_once_consumer.highwaters(CHANGELOG)) == {CHANGELOG: 2210}
     assert just_assigned.asked == [[CHANGELOG]]
+
+
+INPUT = TP("input", 0)
+
+
+def acked_since_last_commit(consumer: Consumer, committed: int, acked: range) -> list[tuple[dict[TP, int], bool]]:
+    """Input offsets acked since the last commit, and a record of what is committed (transactions stubbed)."""
+    commits: list[tuple[dict[TP, int], bool]] = []
+
+    async def commit(offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
+        commits.append((dict(offsets), start_new_transaction))
+        return True
+
+    consumer.transactions.commit = commit  # type: ignore[method-assign]
+    consumer.assignment = lambda: {INPUT}  # type: ignore[method-assign]
+    consumer._committed_offset[INPUT] = committed
+    consumer._acked[INPUT] = list(acked)
+    consumer._acked_index[INPUT] = set(acked)
+
+    async def app_on_partitions_revoked(revoked: set[TP]) -> None:
+        await consumer.commit_and_end_transactions()  # what Faust's app handler ends with (wait_empty)
+
+    consumer._on_partitions_revoked = app_on_partitions_revoked  # type: ignore[method-assign]
+    return commits
+
+
+def test_fausts_own_revoke_forgets_offsets_acked_since_the_last_commit(exactly_once_consumer: Consumer) -> None:
+    """Why the override exists: their output is in the open transaction, but their offsets are never committed."""
+    commits = acked_since_last_commit(exactly_once_consumer, committed=100, acked=range(100, 140))
+    run(exactly_once_consumer, faust_aiokafka.Consumer.on_partitions_revoked(exactly_once_consumer, {INPUT}))
+    assert commits == []
+
+
+def test_exactly_once_revoke_commits_acked_offsets_with_their_output(exactly_once_consumer: Consumer) -> None:
+    """A partition assigned again keeps its open transaction: without this commit it would carry a second copy."""
+    commits = acked_since_last_commit(exactly_once_consumer, committed=100, acked=range(100, 140))
+    run(exactly_once_consumer, exactly_once_consumer.on_partitions_revoked({INPUT}))
+    assert commits == [({INPUT: 140}, True)]
+    assert not exactly_once_consumer._acked.get(INPUT)
