@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from tests.integration.reliability.cluster import KafkaCluster, read_to_end
+from tests.integration.reliability.feeder import CHUNK, CHUNK_INTERVAL, Feeder
 from tests.integration.reliability.test_crash import wait_for_decisions, wait_until_caught_up
 from tests.integration.reliability.test_exactly_once import EXACTLY_ONCE, new_topics, new_worker, sources
 from worker.core import InvalidEvent, decode_event
@@ -20,57 +18,7 @@ from worker.sample import generate
 
 EVENTS = 30_000
 HOLD_AT = 20_000  # the feeder waits here until the first worker is told to stop, then feeds the rest
-CHUNK = 250
-CHUNK_INTERVAL = 0.25  # about 1,000 events/s
 KNOWN_STOP_FAILURE = "Not in the middle of a transaction"  # aiokafka's IllegalOperation; see the exit-code check
-
-
-class Feeder(threading.Thread):
-    """Produces ``messages`` in paced chunks (one acks=all producer); pauses at ``hold_at`` until ``release``."""
-
-    def __init__(self, bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], hold_at: int) -> None:
-        super().__init__(daemon=True)
-        self.bootstrap, self.topic, self.messages, self.hold_at = bootstrap, topic, messages, hold_at
-        self.release = threading.Event()
-        self.sent = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            asyncio.run(self._feed())
-        except BaseException as error:  # noqa: BLE001 - handed to the test thread
-            self.error = error
-
-    async def _feed(self) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5, request_timeout_ms=30_000)
-        await producer.start()
-        try:
-            for start in range(0, len(self.messages), CHUNK):
-                if start >= self.hold_at and not self.release.is_set():
-                    released = await asyncio.to_thread(self.release.wait, 300)
-                    if not released:
-                        raise TimeoutError(f"the feeder was not released within 300s ({self.sent} sent)")
-                began = time.monotonic()
-                chunk = self.messages[start:start + CHUNK]
-                await asyncio.gather(*[await producer.send(self.topic, value, key=key) for key, value in chunk])
-                self.sent += len(chunk)
-                await asyncio.sleep(max(0.0, CHUNK_INTERVAL - (time.monotonic() - began)))
-        finally:
-            await producer.stop()
-
-    def wait_sent(self, at_least: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self.sent < at_least and self.error is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self.error is not None:
-            raise self.error
-        assert self.sent >= at_least, f"the feeder sent {self.sent} < {at_least} events within {timeout}s"
-
-    def finish(self, timeout: float) -> None:
-        self.join(timeout)
-        assert not self.is_alive(), f"the feeder did not finish within {timeout}s ({self.sent} sent)"
-        if self.error is not None:
-            raise self.error
 
 
 def test_workers_joining_and_leaving_under_exactly_once_commit_one_decision_per_event(

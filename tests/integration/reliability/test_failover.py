@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -12,55 +10,18 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from tests.integration.conftest import WorkerProcess, free_port
 from tests.integration.kafka import consume, produce
 from tests.integration.reliability.cluster import KafkaCluster, read_to_end
+from tests.integration.reliability.feeder import CHUNK, CHUNK_INTERVAL, Feeder
 from tests.integration.reliability.test_crash import wait_for_decisions, wait_until_caught_up
 from worker.core import InvalidEvent, decode_event
 from worker.sample import generate
 
 # Fed at about 1,000 events/s, so events keep arriving before, during and after the failover.
 EVENTS = 30_000
-CHUNK = 250
-CHUNK_INTERVAL = 0.25
 LEADER = 1  # first in every partition's replica list: the preferred, and initial, leader of them all
-
-
-class Feeder(threading.Thread):
-    """Produces ``messages`` in paced chunks with one acks=all producer that rides out the failover itself."""
-
-    def __init__(self, bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
-        super().__init__(daemon=True)
-        self.bootstrap, self.topic, self.messages = bootstrap, topic, messages
-        self.sent = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            asyncio.run(self._feed())
-        except BaseException as error:  # noqa: BLE001 - handed to the test thread
-            self.error = error
-
-    async def _feed(self) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5, request_timeout_ms=30_000)
-        await producer.start()
-        try:
-            for start in range(0, len(self.messages), CHUNK):
-                began = time.monotonic()
-                chunk = self.messages[start:start + CHUNK]
-                await asyncio.gather(*[await producer.send(self.topic, value, key=key) for key, value in chunk])
-                self.sent += len(chunk)
-                await asyncio.sleep(max(0.0, CHUNK_INTERVAL - (time.monotonic() - began)))
-        finally:
-            await producer.stop()
-
-    def finish(self, timeout: float) -> None:
-        self.join(timeout)
-        assert not self.is_alive(), f"the feeder did not finish within {timeout}s ({self.sent} sent)"
-        if self.error is not None:
-            raise self.error
 
 
 def test_killing_the_leader_of_input_and_decisions_loses_nothing(
