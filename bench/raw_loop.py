@@ -1,7 +1,8 @@
 """`raw_aiokafka`: the plain batched loop with nothing but aiokafka - the ceiling for a Python client.
 
-    getmany(max_records) -> Processor.process each -> producer.send each (no wait for delivery)
-    -> await the batch's deliveries (acks=all) -> commit the consumed offsets -> next batch
+    getmany(max_records) -> Processor.process each -> appended to aiokafka batch builders (create_batch,
+    send_batch as each fills: no per-record send) -> await the batch's deliveries (acks=all) -> commit the
+    consumed offsets -> next batch
 
 Same at-least-once contract as the worker (a batch is committed only after its outputs are acknowledged),
 same decoding, policy and records; no Faust, no metrics, no web server. Where the Processor keeps
@@ -20,10 +21,12 @@ import inspect
 import signal
 import sys
 import time
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner
 
 from worker.core import load_bundled_policy
 from worker.processing import DEAD_LETTER, Processor
@@ -96,25 +99,45 @@ async def run(args: argparse.Namespace) -> int:
     await consumer.start()
     consumer.subscribe([args.input], listener=Announce())
     handled = 0
+    partitioner = DefaultPartitioner()
+    partitions = {
+        topic: sorted(await producer.partitions_for(topic)) for topic in (args.decisions, args.dead_letter)
+    }
+    builders: dict[tuple[str, int], Any] = {}
+    pending: list[Any] = []
+
+    async def add(topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        if partition is None:  # as producer.send would pick it
+            partition = partitioner(key, partitions[topic], partitions[topic])
+        builder = builders.get((topic, partition))
+        if builder is None:
+            builder = builders[(topic, partition)] = producer.create_batch()
+        if builder.append(key=key, value=value, timestamp=None) is None:  # full: send it, start the next
+            pending.append(await producer.send_batch(builder, topic, partition=partition))
+            builder = builders[(topic, partition)] = producer.create_batch()
+            builder.append(key=key, value=value, timestamp=None)  # an empty batch takes any one record
+
     try:
-        send = producer.send
         decisions, dead_letters = args.decisions, args.dead_letter
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=100, max_records=args.max_records)
             if not batches:
                 continue
             now = time.time()
-            pending = []
             for messages in batches.values():
                 for m in messages:
                     outcome = process(m.key, m.value, m.topic, m.partition, m.offset, now)
-                    target = dead_letters if outcome.kind is DEAD_LETTER else decisions
-                    pending.append(await send(target, outcome.value, key=outcome.key))
+                    await add(dead_letters if outcome.kind is DEAD_LETTER else decisions, outcome.key, outcome.value)
             if store is not None:
                 for key, value, partition in store.writes:
-                    pending.append(await send(changelog, value, key=key, partition=partition))
+                    await add(changelog, key, value, partition)
                 store.writes.clear()
+            for (topic, partition), builder in builders.items():
+                if builder.record_count():
+                    pending.append(await producer.send_batch(builder, topic, partition=partition))
+            builders.clear()
             await asyncio.gather(*pending)  # every output and state change acknowledged (acks=all) ...
+            pending.clear()
             await consumer.commit()  # ... before the batch's offsets are committed
             handled += sum(len(messages) for messages in batches.values())
     finally:
