@@ -60,7 +60,7 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> EnsuredTop
             except TopicAlreadyExistsError:
                 pass  # another worker created it first
         partitions = await partition_counts(admin, wanted, timeout)
-        return EnsuredTopics(partitions, missing, await max_message_bytes(admin, settings.dead_letter_topic))
+        return EnsuredTopics(partitions, missing, await max_message_bytes(admin, settings.dead_letter_topic, timeout))
     finally:
         await admin.close()
 
@@ -80,9 +80,20 @@ async def partition_counts(admin: AIOKafkaAdminClient, topics: list[str], timeou
         await asyncio.sleep(0.2)
 
 
-async def max_message_bytes(admin: AIOKafkaAdminClient, topic: str) -> int:
+async def max_message_bytes(admin: AIOKafkaAdminClient, topic: str, timeout: float = 30.0) -> int:
     """The largest record batch the broker accepts on ``topic`` (its own setting, else the broker's)."""
     wanted = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})
-    responses = await admin.describe_configs([wanted])
-    values = {entry[0]: entry[1] for response in responses for resource in response.resources for entry in resource[4]}
-    return int(values["max.message.bytes"])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        responses = await admin.describe_configs([wanted])
+        # (error code, error message, type, name, entries) per resource. On a cluster the broker asked may not
+        # know a topic created a moment ago: it answers UNKNOWN_TOPIC_OR_PARTITION with no entries.
+        resources = [resource for response in responses for resource in response.resources]
+        values = {entry[0]: entry[1] for resource in resources if resource[0] == 0 for entry in resource[4]}
+        if "max.message.bytes" in values:
+            return int(values["max.message.bytes"])
+        if loop.time() > deadline:
+            errors = ", ".join(f"{resource[0]} {resource[1] or ''}".strip() for resource in resources) or "no answer"
+            raise BrokerUnavailable(f"cannot read max.message.bytes of topic {topic} after {timeout:.0f}s: {errors}")
+        await asyncio.sleep(0.2)
