@@ -7,6 +7,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 import pytest
@@ -44,6 +45,40 @@ def sources(records: list[Record]) -> Counter[tuple[int, int]]:
     return Counter(
         (body["source"]["partition"], body["source"]["offset"]) for body in (orjson.loads(r.value) for r in records)
     )
+
+
+class CommittedOutputs(NamedTuple):
+    """What a read_committed consumer sees of a run's output, next to what read_uncommitted sees."""
+
+    decisions: list[Record]
+    dead_letters: list[Record]
+    duplicates: int  # extra committed decisions of events decided more than once
+    missing: set[str]  # valid event ids without a committed decision
+    per_source: Counter[tuple[int, int]]  # committed outputs per input (partition, offset)
+    aborted: int  # records of aborted transactions
+
+    @classmethod
+    def read(cls, cluster: KafkaCluster, topics: dict[str, str], valid: set[str]) -> CommittedOutputs:
+        committed = read_to_end(cluster.bootstrap, topics["decisions"], "read_committed")
+        committed_dead = read_to_end(cluster.bootstrap, topics["dead_letter"], "read_committed")
+        everything = read_to_end(cluster.bootstrap, topics["decisions"], "read_uncommitted")
+        everything_dead = read_to_end(cluster.bootstrap, topics["dead_letter"], "read_uncommitted")
+        per_event = Counter(orjson.loads(r.value)["event_id"] for r in committed)
+        return cls(
+            committed, committed_dead, sum(per_event.values()) - len(per_event), valid - set(per_event),
+            sources(committed) + sources(committed_dead),
+            len(everything) + len(everything_dead) - len(committed) - len(committed_dead),
+        )
+
+    def assert_one_per_event(self, cluster: KafkaCluster, input_topic: str, malformed: int, where: str = "") -> None:
+        """Each valid event one committed decision, each malformed one one dead letter, each input one output."""
+        assert not self.missing, f"{len(self.missing)} events without a committed decision{where}"
+        assert self.duplicates == 0, f"{self.duplicates} events with more than one committed decision{where}"
+        assert len(self.dead_letters) == malformed and all(n == 1 for n in sources(self.dead_letters).values()), (
+            f"{len(self.dead_letters)} committed dead letters for {malformed} malformed events"
+        )
+        assert set(self.per_source) == {(r.partition, r.offset) for r in read_to_end(cluster.bootstrap, input_topic)}
+        assert max(self.per_source.values()) == 1, "an input offset with more than one committed output"
 
 
 def test_sigkill_under_exactly_once_leaves_one_committed_decision_per_event(
@@ -84,16 +119,8 @@ def test_sigkill_under_exactly_once_leaves_one_committed_decision_per_event(
         exit_code = second.stop(timeout=60)  # a clean stop commits and ends the open transactions
     assert exit_code == 0, second.tail_log()
 
-    committed = read_to_end(cluster.bootstrap, topics["decisions"], "read_committed")
-    committed_dead = read_to_end(cluster.bootstrap, topics["dead_letter"], "read_committed")
-    everything = read_to_end(cluster.bootstrap, topics["decisions"], "read_uncommitted")
-    everything_dead = read_to_end(cluster.bootstrap, topics["dead_letter"], "read_uncommitted")
-
-    per_event = Counter(orjson.loads(r.value)["event_id"] for r in committed)
-    duplicates = sum(per_event.values()) - len(per_event)
-    missing = valid - set(per_event)
-    per_source = sources(committed) + sources(committed_dead)
-    aborted = len(everything) + len(everything_dead) - len(committed) - len(committed_dead)
+    outputs = CommittedOutputs.read(cluster, topics, valid)
+    committed, committed_dead, duplicates, _, _, aborted = outputs
     record_property("eos_committed_duplicates", duplicates)
     record_property("eos_aborted_records", aborted)
     record_property("eos_restart_to_ready_seconds", round(ready_after, 1))
@@ -105,13 +132,7 @@ def test_sigkill_under_exactly_once_leaves_one_committed_decision_per_event(
         f"caught up after {caught_up_after:.1f}s"
     )
 
-    assert not missing, f"{len(missing)} events without a committed decision"
-    assert duplicates == 0, f"{duplicates} events with more than one committed decision"
-    assert len(committed_dead) == malformed and all(n == 1 for n in sources(committed_dead).values()), (
-        f"{len(committed_dead)} committed dead letters for {malformed} malformed events"
-    )
-    assert set(per_source) == {(r.partition, r.offset) for r in read_to_end(cluster.bootstrap, topics["input"])}
-    assert max(per_source.values()) == 1, "an input offset with more than one committed output"
+    outputs.assert_one_per_event(cluster, topics["input"], malformed)
     assert aborted > 0, "the kill left no aborted output: the test did not exercise a transaction abort"
 
     # The state changelog is in the same transactions: the recovered state is exactly what the committed

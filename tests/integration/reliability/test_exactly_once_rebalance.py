@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.integration.reliability.cluster import KafkaCluster, read_to_end
+from tests.integration.reliability.cluster import KafkaCluster
 from tests.integration.reliability.feeder import CHUNK, CHUNK_INTERVAL, Feeder
 from tests.integration.reliability.test_crash import wait_for_decisions, wait_until_caught_up
-from tests.integration.reliability.test_exactly_once import EXACTLY_ONCE, new_topics, new_worker, sources
+from tests.integration.reliability.test_exactly_once import EXACTLY_ONCE, CommittedOutputs, new_topics, new_worker
 from worker.core import InvalidEvent, decode_event
 from worker.sample import generate
 
@@ -66,16 +65,8 @@ def test_workers_joining_and_leaving_under_exactly_once_commit_one_decision_per_
         second_exit = second.stop(timeout=60)
     total_seconds = time.monotonic() - began
 
-    committed = read_to_end(cluster.bootstrap, topics["decisions"], "read_committed")
-    committed_dead = read_to_end(cluster.bootstrap, topics["dead_letter"], "read_committed")
-    everything = read_to_end(cluster.bootstrap, topics["decisions"], "read_uncommitted")
-    everything_dead = read_to_end(cluster.bootstrap, topics["dead_letter"], "read_uncommitted")
-
-    per_event = Counter(orjson.loads(r.value)["event_id"] for r in committed)
-    duplicates = sum(per_event.values()) - len(per_event)
-    missing = valid - set(per_event)
-    per_source = sources(committed) + sources(committed_dead)
-    aborted = len(everything) + len(everything_dead) - len(committed) - len(committed_dead)
+    outputs = CommittedOutputs.read(cluster, topics, valid)
+    committed, committed_dead, duplicates, missing, _, aborted = outputs
     record_property("eos_rebalance_committed_duplicates", duplicates)
     record_property("eos_rebalance_aborted_records", aborted)
     record_property("eos_rebalance_sigterm_to_exit_seconds", round(stop_seconds, 1))
@@ -89,13 +80,7 @@ def test_workers_joining_and_leaving_under_exactly_once_commit_one_decision_per_
         f"{total_seconds:.0f}s in all"
     )
 
-    assert not missing, f"{len(missing)} events without a committed decision; logs in {tmp_path}"
-    assert duplicates == 0, f"{duplicates} events with more than one committed decision; logs in {tmp_path}"
-    assert len(committed_dead) == malformed and all(n == 1 for n in sources(committed_dead).values()), (
-        f"{len(committed_dead)} committed dead letters for {malformed} malformed events"
-    )
-    assert set(per_source) == {(r.partition, r.offset) for r in read_to_end(cluster.bootstrap, topics["input"])}
-    assert max(per_source.values()) == 1, "an input offset with more than one committed output"
+    outputs.assert_one_per_event(cluster, topics["input"], malformed, where=f"; logs in {tmp_path}")
 
     # The state changelog is in the same transactions and moves with its partition: every decision's
     # previous_decision is the product's committed decision before it, whichever worker made either.
