@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import defaultdict
 from collections.abc import Iterable
 from typing import NamedTuple
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -76,3 +78,12 @@ def consume(bootstrap: str, topic: str, expected: int, timeout: float = 60.0, se
             await consumer.stop()
 
     return asyncio.run(run())
+
+
+def decision_ids_by_event(decisions: Iterable[Record]) -> dict[str, set[str]]:
+    """The decision_ids each event's decisions carry: a decision repeated after a crash or rebalance keeps its own."""
+    ids: dict[str, set[str]] = defaultdict(set)
+    for record in decisions:
+        body = orjson.loads(record.value)
+        ids[body["event_id"]].add(body["decision_id"])
+    return ids

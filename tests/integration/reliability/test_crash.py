@@ -5,14 +5,14 @@ from __future__ import annotations
 import base64
 import signal
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import orjson
 import pytest
 
 from tests.integration.conftest import WorkerProcess, free_port
-from tests.integration.kafka import consume, produce
+from tests.integration.kafka import consume, decision_ids_by_event, produce
 from worker.core import InvalidEvent, decode_event
 from worker.sample import generate
 
@@ -88,18 +88,13 @@ def test_sigkill_mid_stream_loses_nothing(
     finally:
         second.stop()
 
-    ids: dict[str, set[str]] = defaultdict(set)
-    copies: Counter[str] = Counter()
-    for record in decisions:
-        body = orjson.loads(record.value)
-        ids[body["event_id"]].add(body["decision_id"])
-        copies[body["event_id"]] += 1
+    ids = decision_ids_by_event(decisions)
     missing = valid - set(ids)
     assert not missing, f"{len(missing)} events without a decision after the crash"
     assert all(len(found) == 1 for found in ids.values()), "a repeated decision must carry the same decision_id"
     received = Counter(base64.b64decode(orjson.loads(r.value)["payload_base64"]) for r in dead_letters)
     assert set(received) == set(invalid), "every malformed message still gets a dead letter"
-    repeats = sum(copies.values()) - len(copies)
+    repeats = len(decisions) - len(ids)
     record_property("decisions_repeated_after_sigkill", repeats)
     print(f"\nSIGKILL after >=20,000 of 100,000 events: {repeats} decisions repeated (same decision_id)")
 

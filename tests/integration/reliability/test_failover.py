@@ -5,14 +5,14 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import orjson
 import pytest
 
 from tests.integration.conftest import WorkerProcess, free_port
-from tests.integration.kafka import consume, produce
+from tests.integration.kafka import consume, decision_ids_by_event, produce
 from tests.integration.reliability.cluster import KafkaCluster, read_to_end
 from tests.integration.reliability.feeder import CHUNK, CHUNK_INTERVAL, Feeder
 from tests.integration.reliability.test_crash import wait_for_decisions, wait_until_caught_up
@@ -78,12 +78,7 @@ def test_killing_the_leader_of_input_and_decisions_loses_nothing(
             cluster.wait_in_sync(list(topics.values()))
     assert exit_code == 0, worker.tail_log()
 
-    ids: dict[str, set[str]] = defaultdict(set)
-    copies: Counter[str] = Counter()
-    for record in decisions:
-        body = orjson.loads(record.value)
-        ids[body["event_id"]].add(body["decision_id"])
-        copies[body["event_id"]] += 1
+    ids = decision_ids_by_event(decisions)
     missing = valid - set(ids)
     assert not missing, f"{len(missing)} events without a decision after the failover:\n{worker.tail_log()}"
     assert all(len(found) == 1 for found in ids.values()), "a repeated decision must carry the same decision_id"
@@ -100,7 +95,7 @@ def test_killing_the_leader_of_input_and_decisions_loses_nothing(
     flowing_again = (after[0] - kill_ms) / 1000
     around = [t for t in stamps if t >= kill_ms - 5_000]
     longest_gap = max((b - a for a, b in zip(around, around[1:])), default=0) / 1000
-    repeats = sum(copies.values()) - len(copies)
+    repeats = len(decisions) - len(ids)
     record_property("failover_kill_to_decisions_again_seconds", round(flowing_again, 2))
     record_property("failover_longest_decision_gap_seconds", round(longest_gap, 2))
     record_property("failover_decisions_repeated", repeats)

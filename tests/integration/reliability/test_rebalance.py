@@ -15,9 +15,18 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.integration.conftest import WorkerProcess, free_port
-from tests.integration.kafka import consume, create_topics, produce
+from tests.integration.kafka import consume, create_topics, decision_ids_by_event, produce
 from worker.core import decode_event
 from worker.sample import generate
+
+
+def where_missing(kafka: str, input_topic: str, count: int, missing: set[str]) -> dict[int, tuple[int, int, int]]:
+    """Where the events without a decision sit in the input: (min, max, count) offsets by partition."""
+    ranges: dict[int, list[int]] = defaultdict(list)
+    for r in consume(kafka, input_topic, count):
+        if orjson.loads(r.value)["event_id"] in missing:
+            ranges[r.partition].append(r.offset)
+    return {p: (min(o), max(o), len(o)) for p, o in sorted(ranges.items())}
 
 
 def committed_and_end_offsets(bootstrap: str, group: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
@@ -68,24 +77,12 @@ def test_workers_joining_and_leaving_lose_nothing(kafka: str, topics: dict[str, 
         produce(kafka, topics["input"], messages[20_000:])
 
         decisions = consume(kafka, topics["decisions"], len(expected), timeout=120)
-        ids_by_event: dict[str, set[str]] = defaultdict(set)
-        for record in decisions:
-            body = orjson.loads(record.value)
-            ids_by_event[body["event_id"]].add(body["decision_id"])
+        ids_by_event = decision_ids_by_event(decisions)
         missing = expected - set(ids_by_event)
-        if missing:
-            inputs = consume(kafka, topics["input"], len(messages))
-            where = sorted(
-                (r.partition, r.offset) for r in inputs if orjson.loads(r.value)["event_id"] in missing
-            )
-            ranges = defaultdict(list)
-            for partition, offset in where:
-                ranges[partition].append(offset)
-            summary = {p: (min(o), max(o), len(o)) for p, o in ranges.items()}
-            raise AssertionError(
-                f"{len(missing)} events without a decision, (min, max, count) offsets by partition: {summary}; "
-                f"logs in {tmp_path}"
-            )
+        assert not missing, (
+            f"{len(missing)} events without a decision, (min, max, count) offsets by partition: "
+            f"{where_missing(kafka, topics['input'], len(messages), missing)}; logs in {tmp_path}"
+        )
         assert all(len(ids) == 1 for ids in ids_by_event.values()), "a repeated decision must keep its decision_id"
 
         deadline = time.monotonic() + 60
@@ -188,22 +185,12 @@ def test_three_workers_one_leaving_one_joining_lose_nothing_and_no_partition_sta
         fed_at = time.monotonic()
 
         decisions = consume(kafka, names["decisions"], len(expected), timeout=180)
-        ids_by_event: dict[str, set[str]] = defaultdict(set)
-        for record in decisions:
-            body = orjson.loads(record.value)
-            ids_by_event[body["event_id"]].add(body["decision_id"])
+        ids_by_event = decision_ids_by_event(decisions)
         missing = expected - set(ids_by_event)
-        if missing:
-            inputs = consume(kafka, names["input"], len(messages))
-            ranges: dict[int, list[int]] = defaultdict(list)
-            for r in inputs:
-                if orjson.loads(r.value)["event_id"] in missing:
-                    ranges[r.partition].append(r.offset)
-            summary = {p: (min(o), max(o), len(o)) for p, o in sorted(ranges.items())}
-            raise AssertionError(
-                f"{len(missing)} events without a decision, (min, max, count) offsets by partition: {summary}; "
-                f"logs in {tmp_path}"
-            )
+        assert not missing, (
+            f"{len(missing)} events without a decision, (min, max, count) offsets by partition: "
+            f"{where_missing(kafka, names['input'], len(messages), missing)}; logs in {tmp_path}"
+        )
         assert all(len(ids) == 1 for ids in ids_by_event.values()), "a repeated decision must keep its decision_id"
 
         # No partition stalls: each one's committed offset reaches its end.

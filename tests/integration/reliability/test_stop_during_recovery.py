@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 
-import orjson
-
 from tests.integration.conftest import WorkerProcess, free_port
-from tests.integration.kafka import consume, produce
+from tests.integration.kafka import consume, decision_ids_by_event, produce
 from worker.core import decode_event
 from worker.sample import generate
 
@@ -56,10 +53,7 @@ def test_stopping_a_worker_right_after_a_rebalance_loses_nothing(
         assert not feed.is_alive()
 
         decisions = consume(kafka, topics["decisions"], len(expected), timeout=120)
-        ids_by_event: dict[str, set[str]] = defaultdict(set)
-        for record in decisions:
-            body = orjson.loads(record.value)
-            ids_by_event[body["event_id"]].add(body["decision_id"])
+        ids_by_event = decision_ids_by_event(decisions)
         missing = expected - set(ids_by_event)
         assert not missing, f"{len(missing)} events without a decision; logs in {tmp_path}"
         assert all(len(ids) == 1 for ids in ids_by_event.values()), "a repeated decision must keep its decision_id"
