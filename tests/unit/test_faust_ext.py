@@ -206,26 +206,3 @@ def test_exactly_once_revoke_commits_acked_offsets_with_their_output(exactly_onc
     run(exactly_once_consumer, exactly_once_consumer.on_partitions_revoked({INPUT}))
     assert commits == [({INPUT: 140}, True)]
     assert not exactly_once_consumer._acked.get(INPUT)
-
-
-def test_the_consumer_thread_asks_brokers_to_hold_a_fetch_for_100_ms_not_faust_s_1500(consumer: Consumer) -> None:
-    from aiokafka import AIOKafkaConsumer
-
-    from worker.faust_ext import FETCH_MAX_WAIT_MS, ConsumerThread
-
-    thread = consumer._thread
-    assert isinstance(thread, ConsumerThread)
-
-    async def waits() -> tuple[int, int]:  # aiokafka clients are made inside a running loop; neither is started
-        faust_made = thread._create_worker_consumer(consumer.transport)
-        plain = AIOKafkaConsumer(fetch_max_wait_ms=123)
-        try:
-            return faust_made._fetch_max_wait_ms, plain._fetch_max_wait_ms
-        finally:
-            await faust_made.stop()
-            await plain.stop()
-
-    ours, plain = run(consumer, waits())  # type: ignore[misc]
-    assert ours == FETCH_MAX_WAIT_MS == 100
-    # ... in the attribute AIOKafkaConsumer.start hands to its Fetcher (this fails if aiokafka renames it)
-    assert plain == 123
