@@ -302,3 +302,26 @@ def read_to_end(bootstrap: str, topic: str, isolation_level: str = "read_committ
             await consumer.stop()
 
     return asyncio.run(run())
+
+
+def uncommitted_records(bootstrap: str, topics: list[str], timeout: float = 30.0) -> int:
+    """How many records of ``topics`` lie past their last stable offset: the output of transactions still open."""
+
+    async def ends(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return await asyncio.wait_for(consumer.end_offsets(tps), timeout)
+
+    async def run() -> int:
+        committed = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
+        everything = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_uncommitted")
+        await committed.start()
+        await everything.start()
+        try:
+            metadata = await committed._client.fetch_all_metadata()  # noqa: SLF001 - the consumer has no public call
+            tps = [TopicPartition(t, p) for t in topics for p in sorted(metadata.partitions_for_topic(t) or ())]
+            stable, high = await ends(committed, tps), await ends(everything, tps)
+            return sum(high[tp] - stable[tp] for tp in tps)
+        finally:
+            await committed.stop()
+            await everything.stop()
+
+    return asyncio.run(run())

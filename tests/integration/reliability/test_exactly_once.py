@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.conftest import WorkerProcess, free_port
 from tests.integration.kafka import Record, produce
-from tests.integration.reliability.cluster import KafkaCluster, read_to_end
+from tests.integration.reliability.cluster import KafkaCluster, read_to_end, uncommitted_records
 from tests.integration.reliability.test_crash import wait_for_decisions, wait_until_caught_up
 from tests.integration.test_state_and_policy import (
     SNACKS, new_version, publish_policy, rescreened, upsert, wait_for, write_policy,
@@ -81,6 +81,28 @@ class CommittedOutputs(NamedTuple):
         assert max(self.per_source.values()) == 1, "an input offset with more than one committed output"
 
 
+def kill_inside_open_transaction(worker: WorkerProcess, cluster: KafkaCluster, outputs: list[str]) -> None:
+    """SIGKILL the worker while one of its transactions holds output records, so that the restart must abort it.
+
+    A kill landing between a commit and the next batch's first record leaves nothing to abort (it happened in
+    one CI run). So the worker is frozen first (SIGSTOP) and killed only if, once requests already on the wire
+    have landed (two equal readings), records lie past the outputs' last stable offset; else it runs on a while.
+    """
+    assert worker.process is not None
+    for attempt in range(1, 6):
+        worker.process.send_signal(signal.SIGSTOP)
+        previous, open_records = -1, uncommitted_records(cluster.bootstrap, outputs)
+        while open_records != previous:
+            previous, open_records = open_records, uncommitted_records(cluster.bootstrap, outputs)
+        if open_records:
+            worker.process.send_signal(signal.SIGKILL)
+            worker.process.wait(10)
+            return
+        worker.process.send_signal(signal.SIGCONT)
+        wait_for_decisions(worker, EVENTS // 3 + attempt * 1_000, timeout=60)
+    pytest.fail("five freezes of the worker found no open transaction with output records", pytrace=False)
+
+
 def test_sigkill_under_exactly_once_leaves_one_committed_decision_per_event(
     cluster: KafkaCluster, tmp_path: Path, record_property: pytest.RecordProperty
 ) -> None:
@@ -100,9 +122,7 @@ def test_sigkill_under_exactly_once_leaves_one_committed_decision_per_event(
     try:
         first.wait_ready(timeout=120)
         wait_for_decisions(first, EVENTS // 3, timeout=180)
-        assert first.process is not None
-        first.process.send_signal(signal.SIGKILL)
-        first.process.wait(10)
+        kill_inside_open_transaction(first, cluster, [topics["decisions"], topics["dead_letter"]])
     finally:
         first.stop()
 
