@@ -103,6 +103,38 @@ class TransactionGate:
             yield
 
 
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, whose seek to the committed offsets moves every stream partition.
+
+    aiokafka's ``seek_to_committed`` leaves a partition with no committed offset
+    (or offset 0) where its fetches left it. Right after a rebalance that can be
+    past records that were fetched but never delivered (a batch dropped by
+    ``Consumer.getmany``, or by Faust when the flow stopped), and with nothing
+    committed Faust has no read offset to notice the jump: those events would be
+    skipped. Such a partition is reset the way ``auto_offset_reset`` says
+    (earliest, here); changelog partitions are left to the table recovery.
+    """
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        return await self.call_thread(self._seek_to_committed)
+
+    async def _seek_to_committed(self) -> Mapping[TP, int]:
+        consumer = self._ensure_consumer()
+        committed = await consumer.seek_to_committed()
+        for tp, offset in committed.items():
+            if offset == 0:
+                consumer.seek(tp, 0)
+        never_committed = [
+            tp for tp, offset in committed.items() if offset is None and not self.consumer._is_changelog_tp(tp)  # noqa: SLF001
+        ]
+        if never_committed:
+            if self.app.conf.consumer_auto_offset_reset == "latest":
+                await consumer.seek_to_end(*never_committed)
+            else:
+                await consumer.seek_to_beginning(*never_committed)
+        return committed
+
+
 class Consumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, minus four asyncio tasks per message when flow is not suspended.
 
@@ -119,12 +151,62 @@ class Consumer(faust_aiokafka.Consumer):
     buffer, suspended flow control), the rest of it races ``suspend_flow`` exactly
     as in Faust. Every other ``wait_first`` call is Faust's own.
 
-    Under exactly_once its commits pass through a ``TransactionGate`` (``gate``).
+    A batch fetched across a seek to the committed offsets is dropped
+    (``getmany``). Under exactly_once commits pass through a ``TransactionGate`` (``gate``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gate = TransactionGate()
+        self._seeks_started = 0
+        self._seeks_done = 0
+
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def perform_seek(self) -> None:
+        self._seeks_started += 1
+        try:
+            await super().perform_seek()
+        finally:
+            self._seeks_done += 1
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        """Faust's ``getmany``, minus the records of a fetch that overlapped a seek to the committed offsets.
+
+        After a rebalance Faust seeks the stream partitions to their committed
+        offsets and sets its read offsets to match. aiokafka runs on its own
+        thread, where a fetch can overlap that seek: issued before it, or while it
+        goes from partition to partition. Its records come from the old positions.
+        Delivered after the seek, they move the read offset far ahead; Faust's
+        drain loop takes the jump for a gap of compacted or control records, counts
+        the skipped offsets as acked (the commit passes over them), and drops the
+        re-fetched records below the new read offset as already read: events never
+        decided (docs/reliability.md). So a batch whose fetch overlapped a seek is
+        dropped, and while the flow runs the partitions are sought to their
+        committed offsets again, because aiokafka's position may already be past
+        the dropped records. If the flow is stopped, a rebalance is under way, and
+        Faust seeks again before it resumes the flow.
+        """
+        started = self._seeks_started
+        no_seek_under_way = self._seeks_done == started
+        overlapped = False
+        batch = super().getmany(timeout)
+        try:
+            async for tp, message in batch:
+                if not no_seek_under_way or self._seeks_started != started:
+                    overlapped = True
+                    break
+                yield tp, message
+        finally:
+            await batch.aclose()  # type: ignore[attr-defined]
+        if overlapped:
+            self.log.info("Dropped records fetched across a seek to the committed offsets")
+            if self.flow_active:
+                try:
+                    await self.perform_seek()
+                except Exception as exc:  # noqa: BLE001 - as Faust's own seek in getmany: the next rebalance seeks again
+                    self.log.warning("Seeking to the committed offsets again failed: %r", exc)
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         if not self.in_transaction:

@@ -1,5 +1,5 @@
-"""The consumer's drain-loop fast path keeps Faust's semantics (a rebalance still abandons a stuck callback);
-under exactly_once its highwaters come from the broker."""
+"""The consumer's drain-loop fast path keeps Faust's semantics (a rebalance still abandons a stuck callback); a fetch
+overlapping a seek is dropped; under exactly_once its highwaters come from the broker."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+from aiokafka.structs import ConsumerRecord
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -206,3 +207,111 @@ def test_exactly_once_revoke_commits_acked_offsets_with_their_output(exactly_onc
     run(exactly_once_consumer, exactly_once_consumer.on_partitions_revoked({INPUT}))
     assert commits == [({INPUT: 140}, True)]
     assert not exactly_once_consumer._acked.get(INPUT)
+
+
+def record(offset: int) -> ConsumerRecord:
+    return ConsumerRecord(INPUT.topic, INPUT.partition, offset, 0, 0, None, b"{}", None, 0, 2, [])
+
+
+class Committed:
+    """An aiokafka consumer whose seek_to_committed can be held half-way, as a real one is between its round trips."""
+
+    def __init__(self, committed: Mapping[TP, int | None]) -> None:
+        self.committed = dict(committed)
+        self.sought: list[tuple[TP, int | str]] = []
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def seek_to_committed(self) -> Mapping[TP, int | None]:
+        await self.release.wait()
+        # aiokafka's own rule: only a positive committed offset moves the position
+        self.sought.extend((tp, offset) for tp, offset in self.committed.items() if offset)
+        return self.committed
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.sought.append((tp, offset))
+
+    def highwater(self, tp: TP) -> int:
+        return 1_000
+
+    async def seek_to_beginning(self, *partitions: TP) -> None:
+        self.sought.extend((tp, "beginning") for tp in partitions)
+
+
+def streaming(consumer: Consumer, committed: int) -> Committed:
+    """A consumer whose flow runs on INPUT, committed at ``committed``, with its aiokafka consumer stubbed."""
+    aiokafka_consumer = Committed({INPUT: committed})
+    on_this_thread(consumer, aiokafka_consumer)  # type: ignore[arg-type]
+    consumer._set_active_tps({INPUT})
+    consumer.resume_flow()
+    return aiokafka_consumer
+
+
+def fetched(consumer: Consumer, offsets: range, meanwhile: Any = None) -> None:
+    """The next fetch answers ``offsets`` of INPUT; ``meanwhile`` runs while it is in flight."""
+
+    async def wait_next_records(timeout: float) -> tuple[Mapping[TP, list[ConsumerRecord]], set[TP]]:
+        if meanwhile is not None:
+            await meanwhile()
+        return {INPUT: [record(o) for o in offsets]}, {INPUT}
+
+    consumer._wait_next_records = wait_next_records  # type: ignore[method-assign]
+
+
+def delivered(consumer: Consumer, getmany: Any) -> list[int]:
+    async def drain() -> list[int]:
+        return [message.offset async for _tp, message in getmany(1.0)]
+
+    return run(consumer, drain())  # type: ignore[return-value]
+
+
+def test_a_fetch_with_no_seek_meanwhile_is_delivered_in_order(consumer: Consumer) -> None:
+    aiokafka_consumer = streaming(consumer, committed=100)
+    fetched(consumer, range(100, 105))
+    assert delivered(consumer, consumer.getmany) == [100, 101, 102, 103, 104]
+    assert aiokafka_consumer.sought == []
+
+
+def test_fausts_own_getmany_delivers_a_fetch_answered_across_a_seek(consumer: Consumer) -> None:
+    """Why the override exists: the old positions' records arrive after the read offset went back to 100."""
+    streaming(consumer, committed=100)
+    fetched(consumer, range(150, 155), meanwhile=consumer.perform_seek)
+    assert delivered(consumer, lambda timeout: faust_aiokafka.Consumer.getmany(consumer, timeout)) == list(range(150, 155))
+    assert consumer._read_offset[INPUT] == 100  # the drain loop would count 101..149 as a gap, acked
+
+
+def test_a_fetch_answered_across_a_seek_is_dropped_and_the_partitions_sought_again(consumer: Consumer) -> None:
+    aiokafka_consumer = streaming(consumer, committed=100)
+    fetched(consumer, range(150, 155), meanwhile=consumer.perform_seek)
+    assert delivered(consumer, consumer.getmany) == []
+    # once by the seek during the fetch, once more because aiokafka's position may be past the dropped records
+    assert aiokafka_consumer.sought == [(INPUT, 100), (INPUT, 100)]
+    assert consumer._read_offset[INPUT] == 100
+
+
+def test_a_fetch_issued_while_a_seek_is_under_way_is_dropped(consumer: Consumer) -> None:
+    aiokafka_consumer = streaming(consumer, committed=100)
+    aiokafka_consumer.release.clear()
+
+    async def seek_then_fetch() -> list[int]:
+        seeking = asyncio.ensure_future(consumer.perform_seek())
+        await asyncio.sleep(0)  # the seek is waiting on its committed offsets: the fetch below overlaps it
+        assert not seeking.done()
+        fetched(consumer, range(150, 155), meanwhile=lambda: asyncio.sleep(0, aiokafka_consumer.release.set()))
+        offsets = [message.offset async for _tp, message in consumer.getmany(1.0)]
+        await seeking
+        return offsets
+
+    assert run(consumer, seek_then_fetch()) == []
+    assert aiokafka_consumer.sought == [(INPUT, 100), (INPUT, 100)]
+
+
+def test_a_seek_to_committed_moves_never_committed_stream_partitions_to_the_beginning(consumer: Consumer) -> None:
+    """aiokafka leaves them where they are; Faust has no read offset to see a jump there."""
+    never, zero = TP("input", 1), TP("input", 2)
+    changelog_never = TP(*consumer.app.tables.changelog_topics, 0)
+    aiokafka_consumer = Committed({INPUT: 100, never: None, zero: 0, changelog_never: None})
+    on_this_thread(consumer, aiokafka_consumer)  # type: ignore[arg-type]
+    committed = run(consumer, consumer._thread.seek_to_committed())
+    assert committed == {INPUT: 100, never: None, zero: 0, changelog_never: None}
+    assert sorted(aiokafka_consumer.sought, key=str) == sorted([(INPUT, 100), (zero, 0), (never, "beginning")], key=str)
