@@ -13,6 +13,7 @@ import faust
 from faust.types import EventT, Message
 
 from worker import faust_ext
+from worker.outbox import Outbox
 from worker.processing import DEAD_LETTER, DECISION, TOMBSTONE, Outcome
 
 if TYPE_CHECKING:
@@ -29,27 +30,40 @@ def register_agent(
     dead_letter_name = dead_letter_topic.get_topic_name()
     transactions = faust_ext.Transactions(app, input_topic.get_topic_name())
 
+    # Under at_least_once, decisions and state changes go into aiokafka batches directly (worker/outbox.py); dead
+    # letters (rare, up to 8 MiB) and everything under exactly_once go through Faust's producer one by one.
+    outbox = Outbox(app.producer._ensure_producer, app.producer.partitioner)  # noqa: SLF001 - Faust's own accessor
+
     async def process_and_send(events: Sequence[EventT]) -> tuple[list[Awaitable[Any]], list[Outcome]]:
         # Under exactly_once each record joins the transaction of the input partition it comes from.
         exactly_once = app.in_transaction
         send = app.producer.send
         process = runtime.processor.process
+        add = outbox.add
         now = time.time()
         deliveries = []
         outcomes = []
         for event in events:
             message = event.message
             outcome = process(message.key, message.value, message.topic, message.partition, message.offset, now)
-            target = dead_letter_name if outcome.kind is DEAD_LETTER else decisions_name
             if exactly_once:
+                target = dead_letter_name if outcome.kind is DEAD_LETTER else decisions_name
                 deliveries.append(await transactions.send(message.partition, target, outcome.key, outcome.value))
+            elif outcome.kind is DEAD_LETTER:
+                deliveries.append(await send(dead_letter_name, outcome.key, outcome.value, None, None, None))
             else:
-                deliveries.append(await send(target, outcome.key, outcome.value, None, None, None))
+                await add(decisions_name, outcome.key, outcome.value)
             outcomes.append(outcome)
-        if runtime.store is not None:
-            deliveries.extend(await runtime.store.send_writes(
-                transactions.send_to_own_partition if exactly_once else send
-            ))
+        store = runtime.store
+        if store is not None:
+            if exactly_once:
+                deliveries.extend(await store.send_writes(transactions.send_to_own_partition))
+            else:
+                changelog = store.changelog_topic
+                for partition, key, value in store.take_writes():
+                    await add(changelog, key, value, partition)
+        if not exactly_once:
+            deliveries.extend(await outbox.flush())
         return deliveries, outcomes
 
     async def confirm(

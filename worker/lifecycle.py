@@ -54,10 +54,18 @@ class TableStateStore:
     def keys(self) -> list[bytes]:
         return list(self.table.data.keys())
 
+    @property
+    def changelog_topic(self) -> str:
+        return self.table.changelog_topic.get_topic_name()
+
+    def take_writes(self) -> list[tuple[int, bytes, bytes | None]]:
+        """The changelog records (partition, key, value) the processor wrote since the last call, to be sent."""
+        writes, self._writes = self._writes, []
+        return writes
+
     async def send_writes(self, send: Any) -> list[Any]:
         """Send the changelog records the processor wrote since the last call; their delivery futures."""
-        writes, self._writes = self._writes, []
-        return await self.send(writes, send)
+        return await self.send(self.take_writes(), send)
 
     def write(self, key: bytes, value: bytes, partition: int) -> tuple[int, bytes, bytes | None]:
         """Store a value now and return its changelog record, for a writer that sends its own (re-screening)."""
@@ -65,7 +73,7 @@ class TableStateStore:
         return (partition, key, value)
 
     async def send(self, writes: list[tuple[int, bytes, bytes | None]], send: Any) -> list[Any]:
-        topic = self.table.changelog_topic.get_topic_name()
+        topic = self.changelog_topic
         return [await send(topic, key, value, partition, None, None) for partition, key, value in writes]
 
 
