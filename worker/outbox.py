@@ -57,6 +57,7 @@ class Outbox:
         builders, self._builders = self._builders, {}
         for (topic, partition), builder in builders.items():
             if builder.record_count():
+                builder.close()  # complete: aiokafka sends a closed batch without waiting for producer_linger
                 await self._send(topic, partition, builder)
         deliveries, self._deliveries = self._deliveries, []
         self._checked.clear()
