@@ -106,6 +106,7 @@ def register_agent(
                 try:
                     deliveries, outcomes = await process_and_send([event for event, _ in batch])
                 except BaseException as exc:
+                    outbox.discard()
                     if gate is not None:
                         gate.fail(exc)
                         gate.leave()

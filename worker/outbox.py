@@ -63,6 +63,13 @@ class Outbox:
         self._checked.clear()
         return deliveries
 
+    def discard(self) -> None:
+        """Forget what a failed batch left unsent: its input is not acked, and a state change sent later than a
+        newer one of the same product would make the changelog restore the older."""
+        self._builders.clear()
+        self._deliveries.clear()
+        self._checked.clear()
+
     async def _send(self, topic: str, partition: int, builder: Any) -> None:
         self._deliveries.append(await self._producer().send_batch(builder, topic, partition=partition))
 
