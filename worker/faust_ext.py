@@ -103,8 +103,20 @@ class TransactionGate:
             yield
 
 
+FETCH_MAX_WAIT_MS = 100
+
+
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's consumer thread, whose seek to the committed offsets moves every stream partition.
+    """Faust's consumer thread: brokers hold a fetch for FETCH_MAX_WAIT_MS, and a seek to committed moves every partition.
+
+    Faust fixes the broker-side fetch wait at 1.5 s. aiokafka keeps one fetch
+    request in flight per broker and leaves out of it the partitions whose last
+    fetch is not consumed yet. The request then asks only for partitions with
+    nothing new (the policy topic, say), and the broker holds it for the whole
+    fetch wait: meanwhile the busy partition cannot be fetched. With 1.5 s a
+    worker on one input partition stopped at ~12,400 events/s (6,090 with 4 MiB
+    fetches); with 100 ms it does ~15,000. What it costs: an idle worker asks
+    each broker up to ten times a second instead of once in 1.5 s.
 
     aiokafka's ``seek_to_committed`` leaves a partition with no committed offset
     (or offset 0) where its fetches left it. Right after a rebalance that can be
@@ -114,6 +126,11 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     skipped. Such a partition is reset the way ``auto_offset_reset`` says
     (earliest, here); changelog partitions are left to the table recovery.
     """
+
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # noqa: SLF001 - read by AIOKafkaConsumer.start for its Fetcher
+        return consumer
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         return await self.call_thread(self._seek_to_committed)

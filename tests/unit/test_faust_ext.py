@@ -315,3 +315,26 @@ def test_a_seek_to_committed_moves_never_committed_stream_partitions_to_the_begi
     committed = run(consumer, consumer._thread.seek_to_committed())
     assert committed == {INPUT: 100, never: None, zero: 0, changelog_never: None}
     assert sorted(aiokafka_consumer.sought, key=str) == sorted([(INPUT, 100), (zero, 0), (never, "beginning")], key=str)
+
+
+def test_the_consumer_thread_asks_brokers_to_hold_a_fetch_for_100_ms_not_faust_s_1500(consumer: Consumer) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    from worker.faust_ext import FETCH_MAX_WAIT_MS, ConsumerThread
+
+    thread = consumer._thread
+    assert isinstance(thread, ConsumerThread)
+
+    async def waits() -> tuple[int, int]:  # aiokafka clients are made inside a running loop; neither is started
+        faust_made = thread._create_worker_consumer(consumer.transport)
+        plain = AIOKafkaConsumer(fetch_max_wait_ms=123)
+        try:
+            return faust_made._fetch_max_wait_ms, plain._fetch_max_wait_ms
+        finally:
+            await faust_made.stop()
+            await plain.stop()
+
+    ours, plain = run(consumer, waits())  # type: ignore[misc]
+    assert ours == FETCH_MAX_WAIT_MS == 100
+    # ... in the attribute AIOKafkaConsumer.start hands to its Fetcher (this fails if aiokafka renames it)
+    assert plain == 123
