@@ -47,7 +47,7 @@ from bench import procs
 from bench.kafka_io import ROOT, HarnessError, Kafka, LocalBroker, Topics
 from bench.procs import Proc
 from worker.core import load_bundled_policy
-from worker.processing import DEAD_LETTER, MemoryStateStore, Processor
+from worker.processing import MemoryStateStore, Processor
 from worker.sample import generate
 
 BENCHES = ("core", "raw_aiokafka", "naive_faust", "worker", "latency", "scale", "rss", "latency_raw")

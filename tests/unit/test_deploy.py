@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -235,7 +234,7 @@ def test_dashboard_covers_what_the_issue_asks_for() -> None:
         "histogram_quantile(0.50", "histogram_quantile(0.99",  # latency p50 / p99
         "max by (topic, partition) (compliance_consumer_lag", "sum by (topic)",  # lag per partition and total
         "faust_rebalance_done_latency_count",  # rebalances
-        f'up{{job="$job"}} == 1',  # worker count
+        'up{job="$job"} == 1',  # worker count
         "compliance_policy_info",  # policy version
         "process_cpu_seconds_total", "process_resident_memory_bytes",
     ):
