@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -72,6 +72,11 @@ class WorkerProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
+
+    @classmethod
+    def on(cls, bootstrap: str, topics: Mapping[str, str], log_path: Path) -> WorkerProcess:
+        """A worker on a test's topics (keys ``input``, ``decisions``, ``dead_letter``), with a free web port."""
+        return cls(bootstrap, topics["input"], topics["decisions"], topics["dead_letter"], free_port(), log_path)
 
     @property
     def app_id(self) -> str:
@@ -175,9 +180,7 @@ def topics(kafka: str) -> dict[str, str]:
 @pytest.fixture
 def worker(kafka: str, topics: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess]:
     """A ready worker on this test's topics (tests put `worker.tail_log()` in their failure messages)."""
-    process = WorkerProcess(
-        kafka, topics["input"], topics["decisions"], topics["dead_letter"], free_port(), tmp_path / "worker.log"
-    )
+    process = WorkerProcess.on(kafka, topics, tmp_path / "worker.log")
     process.start()
     process.wait_ready()
     yield process

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from worker.core import InvalidEvent, decode_event
 
 
 class Record(NamedTuple):
@@ -87,3 +89,15 @@ def decision_ids_by_event(decisions: Iterable[Record]) -> dict[str, set[str]]:
         body = orjson.loads(record.value)
         ids[body["event_id"]].add(body["decision_id"])
     return ids
+
+
+def valid_and_malformed(messages: Iterable[tuple[bytes | None, bytes | None]]) -> tuple[set[str], Counter[bytes]]:
+    """The event ids of the valid messages, and each malformed value with how often it was sent."""
+    valid: set[str] = set()
+    malformed: Counter[bytes] = Counter()
+    for _key, value in messages:
+        try:
+            valid.add(decode_event(value).event_id)
+        except InvalidEvent:
+            malformed[value or b""] += 1
+    return valid, malformed

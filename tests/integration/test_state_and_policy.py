@@ -27,7 +27,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from jsonschema import Draft202012Validator
 
-from tests.integration.conftest import ROOT, WorkerProcess, free_port
+from tests.integration.conftest import ROOT, WorkerProcess
 from tests.integration.kafka import Record, produce
 from tests.integration.test_policy_publish import publish
 from tests.integration.test_worker import metric
@@ -265,9 +265,7 @@ def start_worker(
     started: list[WorkerProcess] = []
 
     def start(name: str = "worker", *, ready: bool = True, **env: str) -> WorkerProcess:
-        process = WorkerProcess(
-            kafka, topics["input"], topics["decisions"], topics["dead_letter"], free_port(), tmp_path / f"{name}.log"
-        )
+        process = WorkerProcess.on(kafka, topics, tmp_path / f"{name}.log")
         process.start(POLICY_TOPIC=policy_topic, **env)
         started.append(process)
         if ready:

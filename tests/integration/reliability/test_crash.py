@@ -11,9 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.integration.conftest import WorkerProcess, free_port
-from tests.integration.kafka import consume, decision_ids_by_event, produce
-from worker.core import InvalidEvent, decode_event
+from tests.integration.conftest import WorkerProcess
+from tests.integration.kafka import consume, decision_ids_by_event, produce, valid_and_malformed
 from worker.sample import generate
 
 
@@ -52,19 +51,11 @@ def test_sigkill_mid_stream_loses_nothing(
     kafka: str, topics: dict[str, str], tmp_path: Path, record_property: pytest.RecordProperty
 ) -> None:
     messages = list(generate(100_000, seed=41, malformed_ratio=0.01))
-    valid: set[str] = set()
-    invalid: Counter[bytes] = Counter()
-    for _key, value in messages:
-        try:
-            valid.add(decode_event(value).event_id)
-        except InvalidEvent:
-            invalid[value] += 1
+    valid, invalid = valid_and_malformed(messages)
     produce(kafka, topics["input"], messages)
 
     def new_worker(name: str) -> WorkerProcess:
-        return WorkerProcess(
-            kafka, topics["input"], topics["decisions"], topics["dead_letter"], free_port(), tmp_path / f"{name}.log"
-        )
+        return WorkerProcess.on(kafka, topics, tmp_path / f"{name}.log")
 
     first = new_worker("killed")
     first.start()

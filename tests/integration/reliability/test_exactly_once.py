@@ -12,14 +12,13 @@ from typing import NamedTuple
 import orjson
 import pytest
 
-from tests.integration.conftest import WorkerProcess, free_port
-from tests.integration.kafka import Record, produce
+from tests.integration.conftest import WorkerProcess
+from tests.integration.kafka import Record, produce, valid_and_malformed
 from tests.integration.reliability.cluster import KafkaCluster, read_to_end, uncommitted_records
 from tests.integration.reliability.test_crash import wait_for_decisions, wait_until_caught_up
 from tests.integration.test_state_and_policy import (
     SNACKS, new_version, publish_policy, rescreened, upsert, wait_for, write_policy,
 )
-from worker.core import InvalidEvent, decode_event
 from worker.sample import generate
 
 # 30,000 rather than test_crash's 100,000: three brokers and transactions on 2 cores; still several
@@ -37,7 +36,7 @@ def new_topics(cluster: KafkaCluster) -> dict[str, str]:
 
 
 def new_worker(cluster: KafkaCluster, topics: dict[str, str], log: Path) -> WorkerProcess:
-    return WorkerProcess(cluster.bootstrap, topics["input"], topics["decisions"], topics["dead_letter"], free_port(), log)
+    return WorkerProcess.on(cluster.bootstrap, topics, log)
 
 
 def sources(records: list[Record]) -> Counter[tuple[int, int]]:
@@ -108,13 +107,8 @@ def test_sigkill_under_exactly_once_leaves_one_committed_decision_per_event(
 ) -> None:
     topics = new_topics(cluster)
     messages = list(generate(EVENTS, seed=47, malformed_ratio=0.01))
-    valid: set[str] = set()
-    malformed = 0
-    for _key, value in messages:
-        try:
-            valid.add(decode_event(value).event_id)
-        except InvalidEvent:
-            malformed += 1
+    valid, malformed_values = valid_and_malformed(messages)
+    malformed = sum(malformed_values.values())
     produce(cluster.bootstrap, topics["input"], messages)
 
     first = new_worker(cluster, topics, tmp_path / "killed.log")

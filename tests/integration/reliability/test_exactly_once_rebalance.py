@@ -11,8 +11,8 @@ import pytest
 from tests.integration.reliability.cluster import KafkaCluster
 from tests.integration.reliability.feeder import CHUNK, CHUNK_INTERVAL, Feeder
 from tests.integration.reliability.test_crash import wait_for_decisions, wait_until_caught_up
+from tests.integration.kafka import valid_and_malformed
 from tests.integration.reliability.test_exactly_once import EXACTLY_ONCE, CommittedOutputs, new_topics, new_worker
-from worker.core import InvalidEvent, decode_event
 from worker.sample import generate
 
 EVENTS = 30_000
@@ -25,13 +25,8 @@ def test_workers_joining_and_leaving_under_exactly_once_commit_one_decision_per_
 ) -> None:
     topics = new_topics(cluster)
     messages = list(generate(EVENTS, seed=61, malformed_ratio=0.01))
-    valid: set[str] = set()
-    malformed = 0
-    for _key, value in messages:
-        try:
-            valid.add(decode_event(value).event_id)
-        except InvalidEvent:
-            malformed += 1
+    valid, malformed_values = valid_and_malformed(messages)
+    malformed = sum(malformed_values.values())
 
     first = new_worker(cluster, topics, tmp_path / "first.log")
     second = new_worker(cluster, topics, tmp_path / "second.log")

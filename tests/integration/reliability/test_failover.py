@@ -12,11 +12,11 @@ import orjson
 import pytest
 
 from tests.integration.conftest import WorkerProcess, free_port
-from tests.integration.kafka import consume, decision_ids_by_event, produce
+from tests.integration.kafka import consume, decision_ids_by_event, produce, valid_and_malformed
 from tests.integration.reliability.cluster import KafkaCluster, read_to_end
 from tests.integration.reliability.feeder import CHUNK, CHUNK_INTERVAL, Feeder
 from tests.integration.reliability.test_crash import wait_for_decisions, wait_until_caught_up
-from worker.core import InvalidEvent, decode_event
+from worker.core import decode_event
 from worker.sample import generate
 
 # Fed at about 1,000 events/s, so events keep arriving before, during and after the failover.
@@ -43,13 +43,7 @@ def test_killing_the_leader_of_input_and_decisions_loses_nothing(
         assert all(meta["isr"] and len(meta["isr"]) == 3 for meta in cluster.partitions(topic).values())
 
     messages = list(generate(EVENTS, seed=59, malformed_ratio=0.01))
-    valid: set[str] = set()
-    invalid: Counter[bytes] = Counter()
-    for _key, value in messages:
-        try:
-            valid.add(decode_event(value).event_id)
-        except InvalidEvent:
-            invalid[value] += 1
+    valid, invalid = valid_and_malformed(messages)
 
     worker = WorkerProcess(
         cluster.bootstrap, topics["input"], topics["decisions"], topics["dead_letter"], free_port(),

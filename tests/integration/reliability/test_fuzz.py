@@ -20,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.conftest import WorkerProcess, free_port
+from tests.integration.conftest import WorkerProcess
 from worker.processing import DEAD_LETTER_MAX_BYTES
 from worker.sample import generate
 
@@ -271,9 +271,7 @@ def test_hostile_input_is_decided_or_dead_lettered_and_the_worker_survives(
     largest = max(len(value or b"") for _key, value in corpus)
 
     def new_worker(name: str) -> WorkerProcess:
-        return WorkerProcess(
-            kafka, names["input"], names["decisions"], names["dead_letter"], free_port(), tmp_path / f"{name}.log"
-        )
+        return WorkerProcess.on(kafka, names, tmp_path / f"{name}.log")
 
     # RSS of a ready, idle worker; then the corpus as a backlog for a fresh one, which fetches as fast as it can:
     # what it holds at once is up to its buffers, not to how fast a producer happens to send.

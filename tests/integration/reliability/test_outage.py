@@ -177,9 +177,7 @@ def test_broker_outage_not_ready_then_resumes_without_loss(
     seed = 53
     messages = list(generate(40_000, seed=seed, malformed_ratio=0.0))
     before, burst, after = messages[:5_000], messages[5_000:25_000], messages[25_000:]
-    worker = WorkerProcess(
-        bootstrap, names["input"], names["decisions"], names["dead_letter"], free_port(), tmp_path / "worker.log"
-    )
+    worker = WorkerProcess.on(bootstrap, names, tmp_path / "worker.log")
     worker.start()
     trickle: Trickle | None = None
     try:

@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.integration.conftest import WorkerProcess, free_port
+from tests.integration.conftest import WorkerProcess
 from tests.integration.kafka import consume, create_topics, decision_ids_by_event, produce
 from worker.core import decode_event
 from worker.sample import generate
@@ -55,9 +55,7 @@ def committed_and_end_offsets(bootstrap: str, group: str, topic: str) -> tuple[d
 
 def test_workers_joining_and_leaving_lose_nothing(kafka: str, topics: dict[str, str], tmp_path: Path) -> None:
     def new_worker(name: str) -> WorkerProcess:
-        return WorkerProcess(
-            kafka, topics["input"], topics["decisions"], topics["dead_letter"], free_port(), tmp_path / f"{name}.log"
-        )
+        return WorkerProcess.on(kafka, topics, tmp_path / f"{name}.log")
 
     messages = list(generate(30_000, seed=31, malformed_ratio=0.0))
     expected = {decode_event(value).event_id for _key, value in messages}
@@ -150,9 +148,7 @@ def test_three_workers_one_leaving_one_joining_lose_nothing_and_no_partition_sta
     create_topics(kafka, list(names.values()), partitions=partitions)
 
     def new_worker(name: str) -> WorkerProcess:
-        return WorkerProcess(
-            kafka, names["input"], names["decisions"], names["dead_letter"], free_port(), tmp_path / f"{name}.log"
-        )
+        return WorkerProcess.on(kafka, names, tmp_path / f"{name}.log")
 
     messages = list(generate(60_000, seed=61, malformed_ratio=0.0))
     expected = {decode_event(value).event_id for _key, value in messages}

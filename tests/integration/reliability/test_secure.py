@@ -24,9 +24,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.certs import Issued, issue, make_ca
 from tests.integration.conftest import KAFKA_SCRIPT, ROOT, WorkerProcess, free_port
-from tests.integration.kafka import Record
+from tests.integration.kafka import Record, valid_and_malformed
 from tests.tools import IN_CI
-from worker.core import InvalidEvent, decode_event
 from worker.core.policy import BUNDLED_POLICY
 from worker.sample import generate
 
@@ -180,13 +179,8 @@ def new_worker(bootstrap: str, tmp_path: Path, host: str = "127.0.0.1") -> Bound
 def decide_events(worker: WorkerProcess, options: dict[str, Any], seed: int) -> tuple[int, int]:
     """Produce a sample over the secured listener; every event comes back as a decision or a dead letter."""
     messages = list(generate(400, seed=seed, malformed_ratio=0.02))
-    valid: set[str] = set()
-    invalid = 0
-    for _key, value in messages:
-        try:
-            valid.add(decode_event(value).event_id)
-        except InvalidEvent:
-            invalid += 1
+    valid, malformed = valid_and_malformed(messages)
+    invalid = sum(malformed.values())
     assert valid and invalid
     produce(worker.bootstrap, options, worker.input_topic, messages)
     decisions = consume(worker.bootstrap, options, worker.decisions_topic, len(valid))

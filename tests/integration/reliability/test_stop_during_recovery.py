@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.integration.conftest import WorkerProcess, free_port
+from tests.integration.conftest import WorkerProcess
 from tests.integration.kafka import consume, decision_ids_by_event, produce
 from worker.core import decode_event
 from worker.sample import generate
@@ -31,9 +31,7 @@ def test_stopping_a_worker_right_after_a_rebalance_loses_nothing(
     """
 
     def new_worker(name: str) -> WorkerProcess:
-        return WorkerProcess(
-            kafka, topics["input"], topics["decisions"], topics["dead_letter"], free_port(), tmp_path / f"{name}.log"
-        )
+        return WorkerProcess.on(kafka, topics, tmp_path / f"{name}.log")
 
     messages = list(generate(40_000, seed=47, malformed_ratio=0.0))
     expected = {decode_event(value).event_id for _key, value in messages}
