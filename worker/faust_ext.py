@@ -114,10 +114,10 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     fetch is not consumed yet. The request then asks only for partitions with
     nothing new (an idle changelog or Faust's leader topic, say), and the broker
     holds it for the whole fetch wait: meanwhile the busy partition cannot be
-    fetched. With 1.5 s a
-    worker on one input partition stopped at ~12,400 events/s (6,090 with 4 MiB
-    fetches); with 100 ms it does ~15,000. What it costs: an idle worker asks
-    each broker up to ten times a second instead of once in 1.5 s.
+    fetched. With 1.5 s a worker on one input partition stopped at ~12,400
+    events/s (6,090 with 4 MiB fetches); with 100 ms it does ~15,000. What it
+    costs: an idle worker asks each broker up to ten times a second instead of
+    once in 1.5 s.
 
     aiokafka's ``seek_to_committed`` leaves a partition with no committed offset
     (or offset 0) where its fetches left it. Right after a rebalance that can be
