@@ -16,6 +16,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, Message, RecordMetadata, StreamT
 from mode.services import WaitResults
 
+from worker import stable_offsets
+
 # Faust's consumer uses asyncio.Event for suspend_flow: its wait() coroutine marks the drain loop's call.
 _EVENT_WAIT_CODE = asyncio.Event.wait.__code__
 
@@ -107,7 +109,7 @@ FETCH_MAX_WAIT_MS = 100
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's consumer thread: brokers hold a fetch for FETCH_MAX_WAIT_MS, and a seek to committed moves every partition.
+    """Faust's consumer thread: fetches held FETCH_MAX_WAIT_MS; seeks to stable committed offsets, on every stream partition.
 
     Faust fixes the broker-side fetch wait at 1.5 s. aiokafka keeps one fetch
     request in flight per broker and leaves out of it the partitions whose last
@@ -118,6 +120,12 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     events/s (6,090 with 4 MiB fetches); with 100 ms it does ~15,000. What it
     costs: an idle worker asks each broker up to ten times a second instead of
     once in 1.5 s.
+
+    The committed offsets are asked with require_stable (``worker/stable_offsets.py``).
+    aiokafka's own request answers, for a moment after a transaction commits,
+    with the offsets before it: a worker that committed in its revoke handler and
+    sought soon after decided those events again (28 committed duplicates in one
+    CI run).
 
     aiokafka's ``seek_to_committed`` leaves a partition with no committed offset
     (or offset 0) where its fetches left it. Right after a rebalance that can be
@@ -136,12 +144,12 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def seek_to_committed(self) -> Mapping[TP, int]:
         return await self.call_thread(self._seek_to_committed)
 
-    async def _seek_to_committed(self) -> Mapping[TP, int]:
+    async def _seek_to_committed(self) -> Mapping[TP, int | None]:
         consumer = self._ensure_consumer()
-        committed = await consumer.seek_to_committed()
+        committed = await stable_offsets.committed_offsets(consumer, consumer.assignment())
         for tp, offset in committed.items():
-            if offset == 0:
-                consumer.seek(tp, 0)
+            if offset is not None:
+                consumer.seek(tp, offset)
         never_committed = [
             tp for tp, offset in committed.items() if offset is None and not self.consumer._is_changelog_tp(tp)  # noqa: SLF001
         ]
@@ -200,26 +208,29 @@ class Consumer(faust_aiokafka.Consumer):
         drain loop takes the jump for a gap of compacted or control records, counts
         the skipped offsets as acked (the commit passes over them), and drops the
         re-fetched records below the new read offset as already read: events never
-        decided (docs/reliability.md). So a batch whose fetch overlapped a seek is
-        dropped, and while the flow runs the partitions are sought to their
-        committed offsets again, because aiokafka's position may already be past
-        the dropped records. If the flow is stopped, a rebalance is under way, and
-        Faust seeks again before it resumes the flow.
+        decided (docs/reliability.md). So the stream records of a fetch that
+        overlapped a seek are dropped, and while the flow runs the partitions are
+        sought to their committed offsets again, because aiokafka's position may
+        already be past the dropped records. If the flow is stopped, a rebalance is
+        under way, and Faust seeks again before it resumes the flow. Changelog
+        records go on: no seek to the committed offsets moves their partitions, and
+        a standby table that missed some would stay without them.
         """
         started = self._seeks_started
         no_seek_under_way = self._seeks_done == started
-        overlapped = False
+        is_changelog = self._is_changelog_tp
+        dropped = 0
         batch = super().getmany(timeout)
         try:
             async for tp, message in batch:
-                if not no_seek_under_way or self._seeks_started != started:
-                    overlapped = True
-                    break
+                if (not no_seek_under_way or self._seeks_started != started) and not is_changelog(tp):
+                    dropped += 1
+                    continue
                 yield tp, message
         finally:
             await batch.aclose()  # type: ignore[attr-defined]
-        if overlapped:
-            self.log.info("Dropped records fetched across a seek to the committed offsets")
+        if dropped:
+            self.log.info("Dropped %d stream records fetched across a seek to the committed offsets", dropped)
             if self.flow_active:
                 try:
                     await self.perform_seek()

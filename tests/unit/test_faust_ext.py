@@ -15,6 +15,7 @@ from faust.types import TP
 from worker.app import create_app
 from worker.core import load_bundled_policy
 from worker.faust_ext import Consumer
+from worker.stable_offsets import UNSTABLE_OFFSET_COMMIT, OffsetFetchResponse_v7, StableOffsetFetchRequest
 from worker.settings import Settings
 
 
@@ -209,24 +210,49 @@ def test_exactly_once_revoke_commits_acked_offsets_with_their_output(exactly_onc
     assert not exactly_once_consumer._acked.get(INPUT)
 
 
-def record(offset: int) -> ConsumerRecord:
-    return ConsumerRecord(INPUT.topic, INPUT.partition, offset, 0, 0, None, b"{}", None, 0, 2, [])
+def record(offset: int, tp: TP = INPUT) -> ConsumerRecord:
+    return ConsumerRecord(tp.topic, tp.partition, offset, 0, 0, None, b"{}", None, 0, 2, [])
+
+
+class Coordinator:
+    """aiokafka's group coordinator as ``stable_offsets`` uses it: answers OffsetFetch v7 from ``committed``."""
+
+    group_id = "cw-input"
+
+    def __init__(self, committed: Mapping[TP, int | None], release: asyncio.Event) -> None:
+        self.committed = committed
+        self.release = release
+        self.unstable_answers = 0  # answer UNSTABLE_OFFSET_COMMIT this many times first
+
+    async def ensure_coordinator_known(self) -> None:
+        return None
+
+    async def _send_req(self, request: StableOffsetFetchRequest) -> OffsetFetchResponse_v7:
+        await self.release.wait()
+        asked = request.prepare({9: (0, 9)})
+        assert asked.require_stable is True
+        if self.unstable_answers:
+            self.unstable_answers -= 1
+            return OffsetFetchResponse_v7(0, [], UNSTABLE_OFFSET_COMMIT, {})
+        topics = [
+            (topic, [(p, -1 if (o := self.committed.get(TP(topic, p))) is None else o, -1, "", 0, {}) for p in indexes], {})
+            for topic, indexes, _tags in asked.topics
+        ]
+        return OffsetFetchResponse_v7(0, topics, 0, {})
 
 
 class Committed:
-    """An aiokafka consumer whose seek_to_committed can be held half-way, as a real one is between its round trips."""
+    """An aiokafka consumer whose committed offsets can be held half-way, as a real one is between its round trips."""
 
     def __init__(self, committed: Mapping[TP, int | None]) -> None:
         self.committed = dict(committed)
         self.sought: list[tuple[TP, int | str]] = []
         self.release = asyncio.Event()
         self.release.set()
+        self._coordinator = Coordinator(self.committed, self.release)
 
-    async def seek_to_committed(self) -> Mapping[TP, int | None]:
-        await self.release.wait()
-        # aiokafka's own rule: only a positive committed offset moves the position
-        self.sought.extend((tp, offset) for tp, offset in self.committed.items() if offset)
-        return self.committed
+    def assignment(self) -> set[TP]:
+        return set(self.committed)
 
     def seek(self, tp: TP, offset: int) -> None:
         self.sought.append((tp, offset))
@@ -304,6 +330,37 @@ def test_a_fetch_issued_while_a_seek_is_under_way_is_dropped(consumer: Consumer)
 
     assert run(consumer, seek_then_fetch()) == []
     assert aiokafka_consumer.sought == [(INPUT, 100), (INPUT, 100)]
+
+
+def test_a_seek_waits_until_the_committed_offsets_are_stable(consumer: Consumer) -> None:
+    """Right after a transaction commits, the coordinator may still wait for its marker: the offsets come after it."""
+    aiokafka_consumer = streaming(consumer, committed=140)
+    aiokafka_consumer._coordinator.unstable_answers = 2
+    run(consumer, consumer.perform_seek())
+    assert aiokafka_consumer._coordinator.unstable_answers == 0
+    assert aiokafka_consumer.sought == [(INPUT, 140)]
+    assert consumer._read_offset[INPUT] == 140
+
+
+def test_changelog_records_of_a_fetch_across_a_seek_are_delivered(consumer: Consumer) -> None:
+    """No seek to the committed offsets moves a changelog partition: a standby table must not miss its records."""
+    changelog = TP(*consumer.app.tables.changelog_topics, 0)
+    aiokafka_consumer = streaming(consumer, committed=100)
+    consumer._set_active_tps({INPUT, changelog})
+
+    async def wait_next_records(timeout: float) -> tuple[Mapping[TP, list[ConsumerRecord]], set[TP]]:
+        await consumer.perform_seek()
+        records = {INPUT: [record(o) for o in range(150, 153)], changelog: [record(o, changelog) for o in range(7, 10)]}
+        return records, {INPUT, changelog}
+
+    consumer._wait_next_records = wait_next_records  # type: ignore[method-assign]
+    delivered_records = run(consumer, collect(consumer.getmany(1.0)))
+    assert delivered_records == [(changelog, 7), (changelog, 8), (changelog, 9)]
+    assert aiokafka_consumer.sought == [(INPUT, 100), (INPUT, 100)]
+
+
+async def collect(getmany: Any) -> list[tuple[TP, int]]:
+    return [(tp, message.offset) async for tp, message in getmany]
 
 
 def test_a_seek_to_committed_moves_never_committed_stream_partitions_to_the_beginning(consumer: Consumer) -> None:
