@@ -177,8 +177,10 @@ class Consumer(faust_aiokafka.Consumer):
     buffer, suspended flow control), the rest of it races ``suspend_flow`` exactly
     as in Faust. Every other ``wait_first`` call is Faust's own.
 
-    A batch fetched across a seek to the committed offsets is dropped
-    (``getmany``). Under exactly_once commits pass through a ``TransactionGate`` (``gate``).
+    Stream records reach the streams only from positions this generation's seek
+    to the committed offsets has set, and a later seek does not send them again
+    (``getmany``, ``perform_seek``). Under exactly_once commits pass through a
+    ``TransactionGate`` (``gate``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -186,51 +188,97 @@ class Consumer(faust_aiokafka.Consumer):
         self.gate = TransactionGate()
         self._seeks_started = 0
         self._seeks_done = 0
+        self._sought_generation: int | None = None  # the consumer generation of the last seek to committed
+        # Per stream partition, the last offset handed to the streams since the flow last resumed.
+        self._handed_over: dict[TP, int] = {}
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    def stop_flow(self) -> None:
+        super().stop_flow()
+        self._handed_over = {}  # the streams drop what they hold (agents.forget): it is fetched again
+
     async def perform_seek(self) -> None:
+        """Faust's seek to the committed offsets; while the flow runs, not back over records the streams already got.
+
+        The table recovery seeks after it has resumed the stream partitions, and a
+        fetch can hand records to the streams just before that (the drain loop
+        yields to the event loop only every 100 records). They are being decided;
+        sent again from the committed offset they were decided twice, and under
+        exactly_once both copies joined the partition's transaction: committed
+        duplicates (28 in one CI run). A rebalance stops the flow first, and then
+        the streams drop what they got, so the seek goes to the committed offset.
+        """
         self._seeks_started += 1
+        generation = self.app.consumer_generation_id
         try:
             await super().perform_seek()
+            if self._handed_over and self.flow_active:
+                read_offset = self._read_offset
+                onwards = {
+                    tp: last + 1 for tp, last in self._handed_over.items()
+                    if tp in read_offset and (read_offset[tp] is None or last >= read_offset[tp])
+                    and not self._is_changelog_tp(tp)
+                }
+                if onwards:
+                    await self.seek_wait(onwards)  # on the consumer thread; sets the read offsets too
+            if self.app.consumer_generation_id == generation:
+                self._sought_generation = generation
         finally:
             self._seeks_done += 1
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
-        """Faust's ``getmany``, minus the records of a fetch that overlapped a seek to the committed offsets.
+        """Faust's ``getmany``; stream records only from positions this generation's seek set, none fetched across it.
 
-        After a rebalance Faust seeks the stream partitions to their committed
-        offsets and sets its read offsets to match. aiokafka runs on its own
-        thread, where a fetch can overlap that seek: issued before it, or while it
-        goes from partition to partition. Its records come from the old positions.
-        Delivered after the seek, they move the read offset far ahead; Faust's
-        drain loop takes the jump for a gap of compacted or control records, counts
-        the skipped offsets as acked (the commit passes over them), and drops the
+        On assignment aiokafka positions the partitions at their committed
+        offsets, asked without require_stable: right after the revoke handler's
+        commit (exactly_once) that is the offset before it. Faust pauses the stream
+        partitions for the table recovery and then seeks them to the committed
+        offsets; records fetched before that seek come from those positions, so
+        they are held back until it is done, and the seek fetches them again.
+
+        A fetch can also overlap a seek: issued before it, or while it goes from
+        partition to partition. Its records come from the old positions. Delivered
+        after the seek, they move the read offset far ahead; Faust's drain loop
+        takes the jump for a gap of compacted or control records, counts the
+        skipped offsets as acked (the commit passes over them), and drops the
         re-fetched records below the new read offset as already read: events never
-        decided (docs/reliability.md). So the stream records of a fetch that
-        overlapped a seek are dropped, and while the flow runs the partitions are
-        sought to their committed offsets again, because aiokafka's position may
-        already be past the dropped records. If the flow is stopped, a rebalance is
-        under way, and Faust seeks again before it resumes the flow. Changelog
-        records go on: no seek to the committed offsets moves their partitions, and
-        a standby table that missed some would stay without them.
+        decided (docs/reliability.md). So the stream records of such a fetch are
+        dropped, and while the flow runs the partitions are sought to their
+        committed offsets again, because aiokafka's position may already be past
+        them. If the flow is stopped, a rebalance is under way, and Faust seeks
+        again before it resumes the flow.
+
+        Changelog records always go on: no seek to the committed offsets moves
+        their partitions, and a standby table that missed some would stay without them.
         """
         started = self._seeks_started
         no_seek_under_way = self._seeks_done == started
+        sought = self._sought_generation == self.app.consumer_generation_id
+        fresh = no_seek_under_way and sought
+        handed_over = self._handed_over
         is_changelog = self._is_changelog_tp
-        dropped = 0
+        overlapped = unsought = 0
         batch = super().getmany(timeout)
         try:
             async for tp, message in batch:
-                if (not no_seek_under_way or self._seeks_started != started) and not is_changelog(tp):
-                    dropped += 1
-                    continue
+                if self._seeks_started != started or not fresh:
+                    if not is_changelog(tp):
+                        if no_seek_under_way and self._seeks_started == started:
+                            unsought += 1
+                        else:
+                            overlapped += 1
+                        continue
+                else:
+                    handed_over[tp] = message.offset
                 yield tp, message
         finally:
             await batch.aclose()  # type: ignore[attr-defined]
-        if dropped:
-            self.log.info("Dropped %d stream records fetched across a seek to the committed offsets", dropped)
+        if unsought:
+            self.log.info("Held back %d stream records fetched before this generation's seek to committed", unsought)
+        if overlapped:
+            self.log.info("Dropped %d stream records fetched across a seek to the committed offsets", overlapped)
             if self.flow_active:
                 try:
                     await self.perform_seek()

@@ -260,6 +260,9 @@ class Committed:
     def highwater(self, tp: TP) -> int:
         return 1_000
 
+    async def position(self, tp: TP) -> int:
+        return next(offset for sought, offset in reversed(self.sought) if sought == tp)  # type: ignore[return-value]
+
     async def seek_to_beginning(self, *partitions: TP) -> None:
         self.sought.extend((tp, "beginning") for tp in partitions)
 
@@ -270,6 +273,7 @@ def streaming(consumer: Consumer, committed: int) -> Committed:
     on_this_thread(consumer, aiokafka_consumer)  # type: ignore[arg-type]
     consumer._set_active_tps({INPUT})
     consumer.resume_flow()
+    consumer._sought_generation = consumer.app.consumer_generation_id  # the table recovery's seek is done
     return aiokafka_consumer
 
 
@@ -330,6 +334,64 @@ def test_a_fetch_issued_while_a_seek_is_under_way_is_dropped(consumer: Consumer)
 
     assert run(consumer, seek_then_fetch()) == []
     assert aiokafka_consumer.sought == [(INPUT, 100), (INPUT, 100)]
+
+
+def test_stream_records_fetched_before_this_generation_s_seek_are_held_back(consumer: Consumer) -> None:
+    """aiokafka positioned them at committed offsets asked without require_stable: maybe before the last commit."""
+    aiokafka_consumer = streaming(consumer, committed=100)
+    consumer._sought_generation = None  # a rebalance: the table recovery has not sought yet
+    fetched(consumer, range(90, 95))
+    assert delivered(consumer, consumer.getmany) == []
+    assert aiokafka_consumer.sought == [], "the recovery's own seek comes"
+    run(consumer, consumer.perform_seek())
+    fetched(consumer, range(100, 103))
+    assert delivered(consumer, consumer.getmany) == [100, 101, 102]
+
+
+def seek_after(consumer: Consumer, seen: int) -> list[int]:
+    """Drain a fetch and, once ``seen`` records are handed over, seek to the committed offsets (the flow running)."""
+
+    async def drain() -> list[int]:
+        offsets = []
+        async for _tp, message in consumer.getmany(1.0):
+            offsets.append(message.offset)
+            if len(offsets) == seen:
+                await consumer.perform_seek()  # the table recovery's seek, which runs with the flow active
+        return offsets
+
+    return run(consumer, drain())  # type: ignore[return-value]
+
+
+def test_a_seek_in_running_flow_goes_on_past_the_records_already_handed_over(consumer: Consumer) -> None:
+    """They are being decided: sent again from the committed offset they were decided twice (committed duplicates)."""
+    aiokafka_consumer = streaming(consumer, committed=100)
+    fetched(consumer, range(100, 110))
+    assert seek_after(consumer, seen=3) == [100, 101, 102]
+    # the seek, on past 102; the rest of the fetch is dropped and the partitions sought again, again past 102
+    assert aiokafka_consumer.sought == [(INPUT, 100), (INPUT, 103), (INPUT, 100), (INPUT, 103)]
+    assert consumer._read_offset[INPUT] == 103
+
+
+def test_a_seek_after_the_flow_stopped_goes_back_to_the_committed_offset(consumer: Consumer) -> None:
+    """A rebalance stops the flow: the streams drop what they were handed, so it must be fetched again."""
+    aiokafka_consumer = streaming(consumer, committed=100)
+    fetched(consumer, range(100, 110))
+    assert delivered(consumer, consumer.getmany) == list(range(100, 110))
+    consumer.stop_flow()
+    consumer.resume_flow()
+    run(consumer, consumer.perform_seek())
+    assert aiokafka_consumer.sought == [(INPUT, 100)]
+    assert consumer._read_offset[INPUT] == 100
+
+
+def test_a_seek_in_running_flow_leaves_partitions_committed_past_what_was_handed_over(consumer: Consumer) -> None:
+    aiokafka_consumer = streaming(consumer, committed=100)
+    fetched(consumer, range(100, 110))
+    assert delivered(consumer, consumer.getmany) == list(range(100, 110))
+    aiokafka_consumer.committed[INPUT] = 110  # all of it decided and committed
+    run(consumer, consumer.perform_seek())
+    assert aiokafka_consumer.sought == [(INPUT, 110)]
+    assert consumer._read_offset[INPUT] == 110
 
 
 def test_a_seek_waits_until_the_committed_offsets_are_stable(consumer: Consumer) -> None:
