@@ -5,7 +5,9 @@
     consumed offsets -> next batch
 
 Same at-least-once contract as the worker (a batch is committed only after its outputs are acknowledged),
-same decoding, policy and records; no Faust, no metrics, no web server. Where the Processor keeps
+same decoding, policy and records; no Faust, no metrics, no web server. Its builders work as the worker's
+worker/outbox.py does, written out here on purpose: `--code REV` runs older worker/ trees (some without an
+outbox), and the ceiling must not move with the code under test. Where the Processor keeps
 per-product state (since b567034), the state lives in a dict and every change is also written, with the
 batch's outputs, to a compacted changelog topic GROUP-state-changelog partitioned like the input - the
 same writes the worker's changelog-backed table makes. Runs until SIGTERM/SIGINT:
@@ -134,6 +136,7 @@ async def run(args: argparse.Namespace) -> int:
                 store.writes.clear()
             for (topic, partition), builder in builders.items():
                 if builder.record_count():
+                    builder.close()  # complete: sent without waiting out linger_ms, as the worker's outbox does
                     pending.append(await producer.send_batch(builder, topic, partition=partition))
             builders.clear()
             await asyncio.gather(*pending)  # every output and state change acknowledged (acks=all) ...
