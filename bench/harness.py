@@ -267,6 +267,16 @@ def per_second_p99(outputs: Outputs) -> list[int]:
     return rows
 
 
+def p99_after(outputs: Outputs, skip_ms: int) -> int | None:
+    """p99 latency of the events sent ``skip_ms`` or more after the first."""
+    assert outputs.latencies_ms is not None
+    start = min(outputs.latency_sent_ms)
+    later = sorted(
+        latency for sent, latency in zip(outputs.latency_sent_ms, outputs.latencies_ms) if sent - start >= skip_ms
+    )
+    return later[min(len(later) - 1, int(0.99 * len(later)))] if later else None
+
+
 async def read_outputs(kafka: Kafka, topics: Topics, input_ts: dict[int, array[int]] | None = None) -> Outputs:
     ends = await kafka.observer.end_offsets(topics.input_tps())
     outputs = Outputs(topics, {tp.partition: end for tp, end in ends.items()})
@@ -439,11 +449,17 @@ class BrokerBenches:
             "duplicates": outputs.duplicates,
             "missing": outputs.missing,
             "per_second_p99_ms": per_second_p99(outputs),
+            # The first second carries a start-up transient that the raw aiokafka loop shows too (fresh topics):
+            # reported apart, the target stays on p99_ms.
+            "p99_after_first_second_ms": p99_after(outputs, 1000),
             "peak_rss_mb": mib(proc.peak_rss_kb),
             "loadavg_1m_before": round(load, 2),
             "exit_code": exit_code,
         }
-        say(f"{name}: p50 {line['p50_ms']:.0f} ms, p99 {line['p99_ms']:.0f} ms, max {line['max_ms']:.0f} ms")
+        say(
+            f"{name}: p50 {line['p50_ms']:.0f} ms, p99 {line['p99_ms']:.0f} ms ({line['p99_after_first_second_ms']} ms "
+            f"after the first second), max {line['max_ms']:.0f} ms"
+        )
         return line
 
     async def _paced_produce(

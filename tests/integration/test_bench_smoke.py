@@ -51,6 +51,7 @@ def test_every_bench_prints_one_json_line_and_a_summary(kafka: str, tmp_path: Pa
     latency = by_bench["latency"]
     assert latency["events"] == 1000 and latency["missing"] == 0
     assert 0 <= latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert latency["p99_after_first_second_ms"] is None or latency["p99_after_first_second_ms"] <= latency["max_ms"]
 
     scale = by_bench["scale"]
     assert scale["input_partitions"] == 2
