@@ -189,7 +189,7 @@ class Consumer(faust_aiokafka.Consumer):
         self._seeks_started = 0
         self._seeks_done = 0
         self._sought_generation: int | None = None  # the consumer generation of the last seek to committed
-        # Per stream partition, the last offset handed to the streams since the flow last resumed.
+        # Per partition, the last offset handed to the streams since the flow last stopped (changelog ones unused).
         self._handed_over: dict[TP, int] = {}
 
     def _new_consumer_thread(self) -> ConsumerThread:
@@ -257,7 +257,7 @@ class Consumer(faust_aiokafka.Consumer):
         no_seek_under_way = self._seeks_done == started
         sought = self._sought_generation == self.app.consumer_generation_id
         fresh = no_seek_under_way and sought
-        handed_over = self._handed_over
+        handed_over = self._handed_over  # once the flow stops, this batch's hand-overs go to a dict nobody reads
         is_changelog = self._is_changelog_tp
         overlapped = unsought = 0
         batch = super().getmany(timeout)
