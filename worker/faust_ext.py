@@ -263,15 +263,15 @@ class Consumer(faust_aiokafka.Consumer):
         batch = super().getmany(timeout)
         try:
             async for tp, message in batch:
-                if self._seeks_started != started or not fresh:
-                    if not is_changelog(tp):
-                        if no_seek_under_way and self._seeks_started == started:
-                            unsought += 1
-                        else:
-                            overlapped += 1
-                        continue
-                else:
+                no_seek_since = self._seeks_started == started
+                if fresh and no_seek_since:
                     handed_over[tp] = message.offset
+                elif not is_changelog(tp):
+                    if no_seek_under_way and no_seek_since:
+                        unsought += 1
+                    else:
+                        overlapped += 1
+                    continue
                 yield tp, message
         finally:
             await batch.aclose()  # type: ignore[attr-defined]
