@@ -277,22 +277,27 @@ def streaming(consumer: Consumer, committed: int) -> Committed:
     return aiokafka_consumer
 
 
-def fetched(consumer: Consumer, offsets: range, meanwhile: Any = None) -> None:
-    """The next fetch answers ``offsets`` of INPUT; ``meanwhile`` runs while it is in flight."""
+def fetched(consumer: Consumer, offsets: range | Mapping[TP, range], meanwhile: Any = None) -> None:
+    """The next fetch answers ``offsets`` (of INPUT, or per partition); ``meanwhile`` runs while it is in flight."""
+    by_partition = offsets if isinstance(offsets, Mapping) else {INPUT: offsets}
 
     async def wait_next_records(timeout: float) -> tuple[Mapping[TP, list[ConsumerRecord]], set[TP]]:
         if meanwhile is not None:
             await meanwhile()
-        return {INPUT: [record(o) for o in offsets]}, {INPUT}
+        return {tp: [record(o, tp) for o in tp_offsets] for tp, tp_offsets in by_partition.items()}, set(by_partition)
 
     consumer._wait_next_records = wait_next_records  # type: ignore[method-assign]
 
 
-def delivered(consumer: Consumer, getmany: Any) -> list[int]:
-    async def drain() -> list[int]:
-        return [message.offset async for _tp, message in getmany(1.0)]
+def handed_over(consumer: Consumer, getmany: Any) -> list[tuple[TP, int]]:
+    async def drain() -> list[tuple[TP, int]]:
+        return [(tp, message.offset) async for tp, message in getmany(1.0)]
 
     return run(consumer, drain())  # type: ignore[return-value]
+
+
+def delivered(consumer: Consumer, getmany: Any) -> list[int]:
+    return [offset for _tp, offset in handed_over(consumer, getmany)]
 
 
 def test_a_fetch_with_no_seek_meanwhile_is_delivered_in_order(consumer: Consumer) -> None:
@@ -409,20 +414,9 @@ def test_changelog_records_of_a_fetch_across_a_seek_are_delivered(consumer: Cons
     changelog = TP(*consumer.app.tables.changelog_topics, 0)
     aiokafka_consumer = streaming(consumer, committed=100)
     consumer._set_active_tps({INPUT, changelog})
-
-    async def wait_next_records(timeout: float) -> tuple[Mapping[TP, list[ConsumerRecord]], set[TP]]:
-        await consumer.perform_seek()
-        records = {INPUT: [record(o) for o in range(150, 153)], changelog: [record(o, changelog) for o in range(7, 10)]}
-        return records, {INPUT, changelog}
-
-    consumer._wait_next_records = wait_next_records  # type: ignore[method-assign]
-    delivered_records = run(consumer, collect(consumer.getmany(1.0)))
-    assert delivered_records == [(changelog, 7), (changelog, 8), (changelog, 9)]
+    fetched(consumer, {INPUT: range(150, 153), changelog: range(7, 10)}, meanwhile=consumer.perform_seek)
+    assert handed_over(consumer, consumer.getmany) == [(changelog, 7), (changelog, 8), (changelog, 9)]
     assert aiokafka_consumer.sought == [(INPUT, 100), (INPUT, 100)]
-
-
-async def collect(getmany: Any) -> list[tuple[TP, int]]:
-    return [(tp, message.offset) async for tp, message in getmany]
 
 
 def test_a_seek_to_committed_moves_never_committed_stream_partitions_to_the_beginning(consumer: Consumer) -> None:
