@@ -12,7 +12,7 @@ Benches (default: all but `latency_raw`; pick with --only):
                 --events vs at the end
   latency_raw   the latency bench with the raw aiokafka loop in the worker's place (a reference; not default)
 
-The input is generated once (worker.sample.generate: Shopify taxonomy, mixed origins, ~1% malformed) and
+The input is generated once (worker.commands.sample.generate: Shopify taxonomy, mixed origins, ~1% malformed) and
 written to fresh topics before the process under test starts. Throughput is counted from the output topics
 (decisions + dead letters, read back with read_committed): events / (last - first output timestamp), the
 broker's LogAppendTime. stdout: one JSON line per bench, then a summary line; stderr: progress.
@@ -46,9 +46,8 @@ import orjson
 from bench import procs
 from bench.kafka_io import ROOT, HarnessError, Kafka, LocalBroker, Topics
 from bench.procs import Proc
+from bench.compat import MemoryStateStore, Processor, generate
 from worker.core import load_bundled_policy
-from worker.processing import MemoryStateStore, Processor
-from worker.sample import generate
 
 BENCHES = ("core", "raw_aiokafka", "naive_faust", "worker", "latency", "scale", "rss", "latency_raw")
 DEFAULT_BENCHES = ("core", "raw_aiokafka", "naive_faust", "worker", "latency", "scale", "rss")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import faust
 
+from bench.compat import DEAD_LETTER, Processor
 from worker.core import load_bundled_policy
-from worker.processing import DEAD_LETTER, Processor
 
 env = os.environ
 app = faust.App(

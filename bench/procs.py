@@ -183,8 +183,8 @@ def worker(bootstrap: str, topics: Topics, app_id: str, log_path: Path) -> Proc:
         DEAD_LETTER_TOPIC=topics.dead_letter, APP_ID=app_id, WORKER_WEB_PORT=str(port), WORKER_WEB_HOST="127.0.0.1",
         LOG_FORMAT="json",
     )
-    executable = Path(sys.executable).with_name("compliance-worker")
-    return Proc(f"worker {app_id}", [str(executable), "worker"], env, log_path, web_port=port)
+    # `python -m worker` is `compliance-worker` (worker/__main__.py) in every tree, also the old ones `--code REV` runs.
+    return Proc(f"worker {app_id}", [sys.executable, "-P", "-m", "worker", "worker"], env, log_path, web_port=port)
 
 
 def naive_faust(bootstrap: str, topics: Topics, app_id: str, log_path: Path, datadir: Path) -> Proc:

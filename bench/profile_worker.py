@@ -38,7 +38,7 @@ async def run(args: argparse.Namespace) -> int:
         proc = procs.worker(broker.bootstrap, topics, f"profile-{run_id}", work / f"worker-{run_id}.log")
         if args.cprofile:
             proc.argv = [sys.executable, "-c", (
-                "import cProfile, sys; sys.argv = ['compliance-worker', 'worker']; from worker.cli import main; "
+                "import cProfile, sys; sys.argv = ['compliance-worker', 'worker']; from worker.commands.cli import main; "
                 f"cProfile.run('main()', {str(args.cprofile)!r})"
             )]
         proc.start()

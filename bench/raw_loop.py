@@ -6,7 +6,7 @@
 
 Same at-least-once contract as the worker (a batch is committed only after its outputs are acknowledged),
 same decoding, policy and records; no Faust, no metrics, no web server. Its builders work as the worker's
-worker/outbox.py does, written out here on purpose: `--code REV` runs older worker/ trees (some without an
+worker/kafka/outbox.py does, written out here on purpose: `--code REV` runs older worker/ trees (some without an
 outbox), and the ceiling must not move with the code under test. Where the Processor keeps
 per-product state (since b567034), the state lives in a dict and every change is also written, with the
 batch's outputs, to a compacted changelog topic GROUP-state-changelog partitioned like the input - the
@@ -30,8 +30,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner
 
+from bench.compat import DEAD_LETTER, Processor
 from worker.core import load_bundled_policy
-from worker.processing import DEAD_LETTER, Processor
 
 
 class Announce(ConsumerRebalanceListener):

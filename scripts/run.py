@@ -18,8 +18,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from worker.sample import generate
-from worker.security import client_options
+from worker.commands.sample import generate
+from worker.kafka.security import client_options
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

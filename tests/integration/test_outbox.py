@@ -8,7 +8,7 @@ import uuid
 from aiokafka import AIOKafkaProducer
 
 from tests.integration.kafka import consume, create_topics
-from worker.outbox import Outbox
+from worker.kafka.outbox import Outbox
 
 
 def _records(count: int) -> list[tuple[bytes | None, bytes | None]]:

@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests.integration.conftest import ROOT, WorkerProcess, free_port
 from tests.tools import require_binary
-from worker.sample import generate
+from worker.commands.sample import generate
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "compliance-worker.json"
 RULE_FILES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.rules.yml"))

@@ -12,7 +12,7 @@ from tests.integration.conftest import WorkerProcess
 from tests.integration.kafka import consume, produce
 from worker.core import classify, decode_event, load_bundled_policy
 from worker.core.errors import ErrorCode
-from worker.sample import generate
+from worker.commands.sample import generate
 
 POLICY = load_bundled_policy()
 

@@ -294,7 +294,7 @@ def test_dockerfile_copies_only_what_exists_and_the_dockerignore_lets_through() 
         for source in command.value[:-1]:
             assert (ROOT / source).exists(), source
             assert source.rstrip("/") in allowed, f"{source} is excluded by Dockerfile.dockerignore"
-    assert (ROOT / "worker" / "cli.py").exists()
+    assert (ROOT / "worker" / "commands" / "cli.py").exists()
 
 
 # ------------------------------------------------------------------ compose

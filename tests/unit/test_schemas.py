@@ -18,7 +18,7 @@ from worker.core.classify import decision_id
 from worker.core.clock import utc_now
 from worker.core.countries import COUNTRY_CODES
 from worker.core.event import MAX_CATEGORY_ID_LENGTH, MAX_ID_LENGTH, MAX_PATH_LENGTH, MAX_SHORT_TEXT, MAX_TITLE_LENGTH
-from worker.sample import generate
+from worker.commands.sample import generate
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 SCHEMA_FILES = sorted(SCHEMAS.glob("*.schema.json"))

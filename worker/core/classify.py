@@ -111,8 +111,8 @@ def judge(event: ProductEvent | EventFacts, policy: Policy, now: float | None = 
 
     Most events repeat a (home or foreign seller, home or foreign origin, category, HS code) seen
     before, and unless a seller exemption, a cluster's date or a price decided it, the verdict is
-    the same again: it is kept per policy (the Policy object is immutable; a new policy starts
-    empty). worker/core/fast.py reads the same keys.
+    the same again: it is kept in the policy's memo (``Policy.verdicts``, worker/core/memo.py; a
+    new policy starts empty). worker/core/fast.py reads the same keys.
     """
     exempt_sellers = policy.exempt_sellers
     if not (exempt_sellers and event.seller_id in exempt_sellers):
@@ -121,11 +121,11 @@ def judge(event: ProductEvent | EventFacts, policy: Policy, now: float | None = 
             event.seller_country in homes, event.ship_from_country in homes,
             event.category_path, event.category_id, event.hs_code,
         )
-        verdict = policy._verdicts.get(key)
+        verdict = policy.verdicts.get(key)
         if verdict is None:
             verdict, reusable = judge_afresh(event, policy, now)
             if reusable:
-                policy.remember_verdict(key, verdict)
+                policy.verdicts.remember(key, verdict)
         return verdict
     return judge_afresh(event, policy, now)[0]
 
@@ -143,7 +143,7 @@ def judge_afresh(event: ProductEvent | EventFacts, policy: Policy, now: float | 
     restricted = cluster is not None
     not_yet_effective = False
     reusable = True
-    if restricted and policy._effective_from and cluster in policy._effective_from:
+    if restricted and cluster in policy.effective_from:
         reusable = False  # depends on the time
         if not policy.cluster_in_force(cluster, time.time() if now is None else now):
             restricted = False

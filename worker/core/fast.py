@@ -55,7 +55,7 @@ class FastPath:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self._verdicts = policy._verdicts  # filled by classify.judge; the same dict for the policy's lifetime
+        self._remembered = policy.verdicts.get  # filled by classify.judge for the policy's lifetime
         self._exempt_sellers = policy.exempt_sellers
         self._homes = policy.home_countries
         self._version = policy.version
@@ -96,7 +96,7 @@ class FastPath:
             slot = 2 + 2 * seller_home + origin_home
             verdict = kind[slot]
             if verdict is None:
-                kept = self._verdicts.get((seller_home, origin_home, facts.category_path, kind[0], kind[1]))
+                kept = self._remembered((seller_home, origin_home, facts.category_path, kind[0], kind[1]))
                 if kept is not None:
                     verdict = kind[slot] = tuple(kept)  # a plain tuple unpacks faster than a NamedTuple
                 else:

@@ -10,16 +10,14 @@ from datetime import datetime, timedelta, timezone
 from decimal import Context, Decimal
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import orjson
 import yaml
 
 from worker.core.countries import COUNTRY_CODES
 from worker.core.errors import ErrorCode, InvalidEvent, InvalidPolicy
-
-if TYPE_CHECKING:
-    from worker.core.classify import Verdict
+from worker.core.memo import VerdictMemo
 
 SIGNALS: Final = ("seller_country", "ship_from_country")
 BUNDLED_POLICY: Final = "default.yaml"
@@ -182,12 +180,12 @@ class Policy:
     _by_path: dict[str, Rule] = field(repr=False)
     _by_hs: dict[str, Rule] = field(repr=False)
     _path_cache: dict[str, Rule | None] = field(default_factory=dict, repr=False)
-    # classify's verdicts by (seller at home, ship-from at home, path, category id, HS code), see classify.judge.
-    _verdicts: dict[tuple[bool | str | None, ...], Verdict] = field(default_factory=dict, repr=False)
+    # What classify.judge has already decided under this policy (worker/core/memo.py).
+    verdicts: VerdictMemo = field(default_factory=lambda: VerdictMemo(PATH_CACHE_SIZE), repr=False, compare=False)
     # The optional rules; absent, the decision is exactly "cross-border and in a restricted cluster".
     exempt_sellers: frozenset[str] = frozenset()
     minimum_price: MinimumPrice | None = None  # as configured, possibly disabled
-    _effective_from: dict[str, float] = field(default_factory=dict, repr=False)  # only clusters with a date
+    effective_from: Mapping[str, float] = field(default_factory=dict, repr=False)  # epoch seconds; only dated clusters
     active_minimum_price: MinimumPrice | None = field(init=False, repr=False)  # the rule when it is enabled
 
     def __post_init__(self) -> None:
@@ -217,14 +215,9 @@ class Policy:
             )
         return f"{line}; optional rules: {'; '.join(optional) if optional else 'none'}"
 
-    def remember_verdict(self, key: tuple[bool | str | None, ...], verdict: Verdict) -> None:
-        if len(self._verdicts) >= PATH_CACHE_SIZE:
-            self._verdicts.clear()  # a flood of distinct categories must not grow memory without bound
-        self._verdicts[key] = verdict
-
     def cluster_in_force(self, cluster: str, now: float) -> bool:
         """Whether a restricted cluster's effective date (if any) has been reached at ``now`` (epoch seconds)."""
-        starts = self._effective_from.get(cluster)
+        starts = self.effective_from.get(cluster)
         return starts is None or now >= starts
 
     @property
@@ -456,7 +449,7 @@ def parse_policy(document: object) -> Policy:
         _by_hs=by_hs,
         exempt_sellers=exempt_sellers,
         minimum_price=minimum_price,
-        _effective_from={
+        effective_from={
             name: cluster.effective_from for name, cluster in clusters.items() if cluster.effective_from is not None
         },
     )

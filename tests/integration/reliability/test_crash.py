@@ -13,7 +13,7 @@ import pytest
 
 from tests.integration.conftest import WorkerProcess
 from tests.integration.kafka import consume, decision_ids_by_event, produce, valid_and_malformed
-from worker.sample import generate
+from worker.commands.sample import generate
 
 
 def wait_for_decisions(worker: WorkerProcess, at_least: int, timeout: float = 60.0) -> None:

@@ -21,8 +21,8 @@ from tests.integration.reliability.test_crash import wait_for_decisions, wait_un
 from tests.integration.test_state_and_policy import (
     SNACKS, new_version, publish_policy, rescreened, upsert, wait_for, write_policy,
 )
-from worker import stable_offsets
-from worker.sample import generate
+from worker.kafka import stable_offsets
+from worker.commands.sample import generate
 
 # 30,000 rather than test_crash's 100,000: three brokers and transactions on 2 cores; still several
 # commits (every 1 s or 10,000 events) before the kill and thousands of events after it.
@@ -257,7 +257,7 @@ def test_exactly_once_throughput_next_to_at_least_once(
 def test_committed_offsets_asked_right_after_a_transaction_commits_are_its_offsets(
     cluster: KafkaCluster, record_property: pytest.RecordProperty
 ) -> None:
-    """What the worker's seek asks (worker/stable_offsets.py) sees a commit at once; aiokafka's own request may not.
+    """What the worker's seek asks (worker/kafka/stable_offsets.py) sees a commit at once; aiokafka's own request may not.
 
     A worker commits its transactions when partitions are revoked and seeks to the committed offsets when the
     rebalance ends: with the offsets before that commit it decided those events again (committed duplicates).

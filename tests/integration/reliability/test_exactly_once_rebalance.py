@@ -13,7 +13,7 @@ from tests.integration.reliability.feeder import CHUNK, CHUNK_INTERVAL, Feeder
 from tests.integration.reliability.test_crash import wait_for_decisions, wait_until_caught_up
 from tests.integration.kafka import valid_and_malformed
 from tests.integration.reliability.test_exactly_once import EXACTLY_ONCE, CommittedOutputs, new_topics, new_worker
-from worker.sample import generate
+from worker.commands.sample import generate
 
 EVENTS = 30_000
 HOLD_AT = 20_000  # the feeder waits here until the first worker is told to stop, then feeds the rest

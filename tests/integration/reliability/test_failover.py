@@ -17,7 +17,7 @@ from tests.integration.reliability.cluster import KafkaCluster, read_to_end
 from tests.integration.reliability.feeder import CHUNK, CHUNK_INTERVAL, Feeder
 from tests.integration.reliability.test_crash import wait_for_decisions, wait_until_caught_up
 from worker.core import decode_event
-from worker.sample import generate
+from worker.commands.sample import generate
 
 # Fed at about 1,000 events/s, so events keep arriving before, during and after the failover.
 EVENTS = 30_000

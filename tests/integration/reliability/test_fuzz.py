@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.conftest import WorkerProcess
-from worker.processing import DEAD_LETTER_MAX_BYTES
-from worker.sample import generate
+from worker.stream.processing import DEAD_LETTER_MAX_BYTES
+from worker.commands.sample import generate
 
 Message = tuple[bytes | None, bytes | None]
 
@@ -135,7 +135,7 @@ def handmade_corpus(rng: random.Random) -> list[Message]:
     add(b"[" + b"1," * 520_000 + b"1]")  # 1 MB of valid JSON, not an object
     for total in (1_500_000, INPUT_MAX_MESSAGE_BYTES - 200):  # over the worker's 1 MiB: PAYLOAD_TOO_LARGE
         add(near_limit(events[260], total, b"fuzz"))
-    # A flood of messages near 1 MB (~120 MB): what the worker holds must not grow with it (worker/buffer.py).
+    # A flood of messages near 1 MB (~120 MB): what the worker holds must not grow with it (worker/kafka/buffer.py).
     for index in range(FLOOD_MESSAGES):
         key = f"flood-{index}".encode()
         kind = index % 3

@@ -18,7 +18,7 @@ from tests.integration.conftest import KAFKA_SCRIPT, ROOT, WorkerProcess, free_p
 from tests.integration.kafka import consume, create_topics, produce
 from tests.integration.reliability.test_rebalance import committed_and_end_offsets
 from tests.tools import IN_CI
-from worker.sample import generate
+from worker.commands.sample import generate
 
 OUTAGE_SECONDS = 30.0
 
@@ -74,7 +74,7 @@ TRICKLE_SCRIPT = """
 import asyncio, logging, sys, time
 from pathlib import Path
 from aiokafka import AIOKafkaProducer
-from worker.sample import generate
+from worker.commands.sample import generate
 
 bootstrap, topic, seed, start, count, per_second, stop_file = sys.argv[1:]
 logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its outage chatter is not what this test reads
@@ -211,7 +211,7 @@ def test_broker_outage_not_ready_then_resumes_without_loss(
             log.seek(log_before)
             outage_log = log.read()
         log_during = len(outage_log)
-        # aiokafka retried its metadata update in a busy loop (~1,200 a second) until worker/kafka_backoff.py.
+        # aiokafka retried its metadata update in a busy loop (~1,200 a second) until worker/kafka/backoff.py.
         metadata_attempts = outage_log.count(b"Unable to update metadata")
         assert metadata_attempts < 20 * outage, f"{metadata_attempts} failed metadata updates in {outage:.0f}s"
 

@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from tests.integration.conftest import WorkerProcess
 from tests.integration.kafka import consume, create_topics, decision_ids_by_event, produce
 from worker.core import decode_event
-from worker.sample import generate
+from worker.commands.sample import generate
 
 
 def where_missing(kafka: str, input_topic: str, count: int, missing: set[str]) -> dict[int, tuple[int, int, int]]:

@@ -27,7 +27,7 @@ from tests.integration.conftest import KAFKA_SCRIPT, ROOT, WorkerProcess, free_p
 from tests.integration.kafka import Record, valid_and_malformed
 from tests.tools import IN_CI
 from worker.core.policy import BUNDLED_POLICY
-from worker.sample import generate
+from worker.commands.sample import generate
 
 WORKER = str(Path(sys.executable).with_name("compliance-worker"))
 USER = "compliance-worker"
@@ -104,7 +104,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-# --- the test's own clients: stdlib TLS and aiokafka, independent of worker.security ----------
+# --- the test's own clients: stdlib TLS and aiokafka, independent of worker.kafka.security ----------
 
 
 def sasl_options(broker: SecureBroker) -> dict[str, Any]:

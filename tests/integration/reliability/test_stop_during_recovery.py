@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.integration.conftest import WorkerProcess
 from tests.integration.kafka import consume, decision_ids_by_event, produce
 from worker.core import decode_event
-from worker.sample import generate
+from worker.commands.sample import generate
 
 
 def produce_steadily(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes | None]]) -> None:
@@ -26,7 +26,7 @@ def test_stopping_a_worker_right_after_a_rebalance_loses_nothing(
     """The leaving worker gets SIGTERM the moment the joining one is ready, usually mid-recovery.
 
     Before events fetched ahead of a rebalance were dropped without being acked
-    (worker/agents.py, ``forget``), this lost 41-291 records of one partition in
+    (worker/kafka/batches.py, ``forget``), this lost 41-291 records of one partition in
     about one run in five under CPU load.
     """
 

@@ -1,0 +1,514 @@
+"""The fast paths agree with the reference paths: decoding, classification, state and whole decisions, byte for byte."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from msgspec.structs import astuple
+
+from tests.unit.conftest import VALID_EVENT, make_event
+from tests.unit.core.test_policy_rules import MIN_PRICE, PHONE, SNACKS, policy_with
+from tests.unit.core.test_properties import json_values, mutated_events
+from worker.core import InvalidEvent, Policy, ProductEvent, decode_event, load_bundled_policy
+from worker.core.classify import Decision, classify, decision_id, judge_afresh
+from worker.core.clock import format_timestamp
+from worker.core.event import EventFacts, decode_event_reference, decode_typical
+from worker.core.state import _FACT_FIELDS, ProductState, StoredState
+from worker.stream.processing import MemoryStateStore, Outcome, Processor
+from worker.commands.sample import generate, taxonomy
+
+SETTINGS = settings(max_examples=300, deadline=None)
+POLICY = load_bundled_policy()
+
+
+def outcome_of(decode: Any, raw: bytes) -> ProductEvent | tuple[str, str]:
+    try:
+        return decode(raw)
+    except InvalidEvent as exc:
+        return (exc.code, exc.message)
+
+
+def assert_decodes_alike(raw: bytes) -> None:
+    """decode_event gives what the reference gives, error code and message included; decode_typical only takes what it may."""
+    expected = outcome_of(decode_event_reference, raw)
+    assert outcome_of(decode_event, raw) == expected
+    facts = decode_typical(raw)
+    if facts is not None:
+        assert isinstance(expected, ProductEvent)
+        assert ProductEvent(*astuple(facts)) == expected
+        assert tuple(type(value) for value in astuple(facts)) == tuple(type(value) for value in expected)
+
+
+# --- decoding ------------------------------------------------------------------------------
+
+
+def test_facts_are_product_event_in_its_order() -> None:
+    assert EventFacts.__struct_fields__ == ProductEvent._fields == _FACT_FIELDS
+
+
+def test_typical_event_takes_the_fast_path() -> None:
+    raw = orjson.dumps(VALID_EVENT)
+    assert decode_typical(raw) is not None
+    assert_decodes_alike(raw)
+
+
+def _with(raw: bytes, old: bytes, new: bytes) -> bytes:
+    assert old in raw, old
+    return raw.replace(old, new, 1)
+
+
+TYPICAL = orjson.dumps(VALID_EVENT)
+ASTRAL = "\U0001f600"
+
+EDGE_CASES = [
+    # numbers: JSON does not tell 7.0 from 7, the schema's integers do not stop at 64 bits, orjson stops at doubles
+    _with(TYPICAL, b'"version":7', b'"version":7.0'),
+    _with(TYPICAL, b'"version":7', b'"version":7.5'),
+    _with(TYPICAL, b'"version":7', b'"version":1e2'),
+    _with(TYPICAL, b'"version":7', b'"version":1E2'),
+    _with(TYPICAL, b'"version":7', b'"version":-0'),
+    _with(TYPICAL, b'"version":7', b'"version":-1'),
+    _with(TYPICAL, b'"version":7', b'"version":9223372036854775807'),
+    _with(TYPICAL, b'"version":7', b'"version":9223372036854775808'),
+    _with(TYPICAL, b'"version":7', b'"version":18446744073709551616'),
+    _with(TYPICAL, b'"version":7', b'"version":' + b"9" * 400),
+    _with(TYPICAL, b'"version":7', b'"version":1e400'),
+    _with(TYPICAL, b'"version":7', b'"version":true'),
+    _with(TYPICAL, b'"version":7', b'"version":"7"'),
+    _with(TYPICAL, b'"version":7', b'"version":null'),
+    _with(TYPICAL, b'"version":7', b'"version":NaN'),
+    # extra fields, at every level, holding what orjson rejects or accepts
+    _with(TYPICAL, b'{"event_id"', b'{"x":1e400,"event_id"'),
+    _with(TYPICAL, b'{"event_id"', b'{"x":' + b"1" * 400 + b',"event_id"'),
+    _with(TYPICAL, b'{"event_id"', b'{"x":12345678901234567890123,"event_id"'),
+    _with(TYPICAL, b'{"event_id"', b'{"x":"\xff","event_id"'),
+    _with(TYPICAL, b'{"event_id"', b'{"\xff":1,"event_id"'),
+    _with(TYPICAL, b'{"event_id"', b'{"x":' + b"[" * 600 + b"]" * 600 + b',"event_id"'),
+    _with(TYPICAL, b'{"event_id"', b'{"x":' + b"[" * 2000 + b"]" * 2000 + b',"event_id"'),
+    _with(TYPICAL, b'"seller":{', b'"seller":{"rating":4.5,'),
+    _with(TYPICAL, b'"category":{', b'"category":{"name":"Tops",'),
+    _with(TYPICAL, b'"price":{', b'"price":{"tax":null,'),
+    _with(TYPICAL, b'"product":{', b'"product":{"images":[{"url":"x"}],'),
+    _with(TYPICAL, b'"seller":{', b'"seller":{"x":"\xed\xa0\x80",'),
+    _with(TYPICAL, b'"price":{', b'"price":{"x":-1e400,'),
+    _with(TYPICAL, b'"price":{', b'"price":{"x":1' + b"0" * 310 + b','),
+    _with(TYPICAL, b'"price":{', b'"price":{"x":"\\ud800",'),
+    _with(TYPICAL, b'"price":{', b'"price":{"x":NaN,'),
+    _with(TYPICAL, b'"price":{', b'"price":{"x":' + b"{" * 1100 + b"}" * 1100 + b','),
+    # escaped keys are the same keys: last one counts, with or without extra fields
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"9f1c-0001","event\\u005fid":"second"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"9f1c-0001","event\\u005fid":"second","x":1'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"x":1,"event\\u005fid":"first","event_id":"9f1c-0001"'),
+    _with(TYPICAL, b'"country":"CN"', b'"country":"CN","\\u0063ountry":"XX","x":1'),
+    # duplicate keys: the last one counts, whatever came before
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"first","event_id":"9f1c-0001"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"9f1c-0001","event_id":"second"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":7,"event_id":"9f1c-0001"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"9f1c-0001","event_id":7'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"9f1c-0001","event_id":""'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"9f1c-0001","event_id":null'),
+    _with(TYPICAL, b'"version":7', b'"version":7,"version":8'),
+    _with(TYPICAL, b'"version":7', b'"version":7,"version":null'),
+    _with(TYPICAL, b'"version":7', b'"version":"x","version":7'),
+    _with(TYPICAL, b'"country":"CN"', b'"country":"XX","country":"CN"'),
+    _with(TYPICAL, b'"country":"CN"', b'"country":"CN","country":"XX"'),
+    _with(TYPICAL, b'"path":"', b'"path":"A >  > B","path":"'),
+    _with(TYPICAL, b'"hs_code":"6205.20"', b'"hs_code":"6205.20","hs_code":"62-05"'),
+    _with(TYPICAL, b'"hs_code":"6205.20"', b'"hs_code":"62-05","hs_code":"6205.20"'),
+    _with(TYPICAL, b'"product":{', b'"product":{"id":"P-0","seller":{"country":"ID"},"ship_from_country":"ID",'
+                                 b'"category":{"path":"A"},"version":1},"product":{'),
+    _with(TYPICAL, b'"product":{', b'"product":{},"product":{'),
+    TYPICAL[:-1] + b',"product":{"id":"P-2","seller":{"country":"ID"},"ship_from_country":"ID","category":{"path":"A"}}}',
+    TYPICAL[:-1] + b',"product":null}',
+    TYPICAL[:-1] + b',"product":{"id":"P-2"}}',
+    # strings: unicode, escapes, bounds counted in code points, not UTF-8
+    _with(TYPICAL, b'"title":"Kemeja', '"title":"\\u0000 \\" \\\\ \\/ \\n é 中文 \u2028 ' .encode() + ASTRAL.encode() + b" Kemeja"),
+    _with(TYPICAL, b'"title":"Kemeja batik pria lengan panjang"', b'"title":"' + (ASTRAL * 2000).encode() + b'"'),
+    _with(TYPICAL, b'"title":"Kemeja batik pria lengan panjang"', b'"title":"' + (ASTRAL * 2001).encode() + b'"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"' + ("é" * 128).encode() + b'"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"' + ("é" * 129).encode() + b'"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"\\ud83d\\ude00"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"\\ud83d"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"\\ude00x"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"\xed\xa0\x80"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"\xc0\x80"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"\xf4\x90\x80\x80"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"a\x01b"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":"a\x7fb"'),
+    _with(TYPICAL, b'"event_id":"9f1c-0001"', b'"event_id":""'),
+    _with(TYPICAL, b'"title":"Kemeja batik pria lengan panjang"', b'"title":"\xc3\x28"'),
+    _with(TYPICAL, b'"country":"CN"', b'"country":"\\u0043N"'),
+    _with(TYPICAL, b'"country":"CN"', b'"country":"cn"'),
+    _with(TYPICAL, b'"country":"CN"', b'"country":"CN "'),
+    _with(TYPICAL, b'"country":"CN"', b'"country":"XK"'),
+    _with(TYPICAL, b'"ship_from_country":"CN"', b'"ship_from_country":"C\xff"'),
+    _with(TYPICAL, b'"currency":"USD"', b'"currency":"usd"'),
+    _with(TYPICAL, b'"currency":"USD"', b'"currency":"US"'),
+    _with(TYPICAL, b'"currency":"USD"', b'"currency":"\xc3\x9cSD"'),
+    _with(TYPICAL, b'"amount":"12.50"', b'"amount":"012.50"'),
+    _with(TYPICAL, b'"amount":"12.50"', b'"amount":"12.5000000"'),
+    _with(TYPICAL, b'"amount":"12.50"', b'"amount":12.50'),
+    _with(TYPICAL, b'"amount":"12.50"', b'"amount":"\xd9\xa1\xd9\xa2"'),  # Arabic-Indic digits are not [0-9]
+    _with(TYPICAL, b'"occurred_at":"2026-11-29T10:00:00Z"', b'"occurred_at":"2026-11-29T10:00:00Z\\n"'),
+    _with(TYPICAL, b'"occurred_at":"2026-11-29T10:00:00Z"', b'"occurred_at":"2026-11-29 10:00:00Z"'),
+    _with(TYPICAL, b'"occurred_at":"2026-11-29T10:00:00Z"', b'"occurred_at":""'),
+    _with(TYPICAL, b'"occurred_at":"2026-11-29T10:00:00Z"', b'"occurred_at":null'),
+    _with(TYPICAL, b'"event_type":"product.upserted"', b'"event_type":""'),
+    _with(TYPICAL, b'"event_type":"product.upserted"', b'"event_type":' + orjson.dumps("x" * 65)),
+    _with(TYPICAL, b'"id":"aa-1-13"', b'"id":"gid://shopify/TaxonomyCategory/aa-1-13"'),
+    _with(TYPICAL, b'"id":"aa-1-13"', b'"id":"gid://shopify/TaxonomyCategory/aa-1-13\\n"'),
+    _with(TYPICAL, b'"id":"aa-1-13"', b'"id":""'),
+    _with(TYPICAL, b'"id":"aa-1-13"', b'"id":null'),
+    _with(TYPICAL, b'"hs_code":"6205.20"', b'"hs_code":"620520"'),
+    _with(TYPICAL, b'"hs_code":"6205.20"', b'"hs_code":"62.05"'),
+    _with(TYPICAL, b'"hs_code":"6205.20"', b'"hs_code":""'),
+    _with(TYPICAL, b'"hs_code":"6205.20"', b'"hs_code":"\\u0036\\u0032"'),
+    _with(TYPICAL, b'"path":"Apparel & Accessories > Clothing > Clothing Tops"', b'"path":"  apparel &  accessories>clothing  "'),
+    _with(TYPICAL, b'"path":"Apparel & Accessories > Clothing > Clothing Tops"', b'"path":"' + b" > ".join([b"A"] * 17) + b'"'),
+    _with(TYPICAL, b'"path":"Apparel & Accessories > Clothing > Clothing Tops"', b'"path":"A\\n> B"'),
+    _with(TYPICAL, b'"seller":{"id":"S-88",', b'"seller":{"id":null,'),
+    _with(TYPICAL, b'"seller":{"id":"S-88",', b'"seller":{"id":"",'),
+    _with(TYPICAL, b'"seller":{"id":"S-88",', b'"seller":{"id":88,'),
+    _with(TYPICAL, b'"price":{"amount":"12.50","currency":"USD"}', b'"price":null'),
+    _with(TYPICAL, b'"price":{"amount":"12.50","currency":"USD"}', b'"price":{"amount":"12.50"}'),
+    _with(TYPICAL, b'"price":{"amount":"12.50","currency":"USD"}', b'"price":[]'),
+    _with(TYPICAL, b'"category":{', b'"category":null,"x":{'),
+    # the document around it
+    b"\xef\xbb\xbf" + TYPICAL,
+    b" \t\r\n" + TYPICAL + b" \t\r\n",
+    TYPICAL + b"\x0c",
+    TYPICAL + b"x",
+    TYPICAL + TYPICAL,
+    TYPICAL[:-1] + b",}",
+    TYPICAL[:-1],
+    TYPICAL + b"\x00",
+    b"[" + TYPICAL + b"]",
+    b"",
+    b"null",
+    TYPICAL.replace(b":", b" : "),
+]
+
+
+@pytest.mark.parametrize("raw", EDGE_CASES, ids=[f"edge-{index}" for index in range(len(EDGE_CASES))])
+def test_edge_cases_decode_alike(raw: bytes) -> None:
+    assert_decodes_alike(raw)
+
+
+def test_edge_cases_cover_both_outcomes() -> None:
+    fast = sum(decode_typical(raw) is not None for raw in EDGE_CASES)
+    invalid = sum(isinstance(outcome_of(decode_event_reference, raw), tuple) for raw in EDGE_CASES)
+    assert fast >= 20 and invalid >= 40
+
+
+def test_payload_limit_comes_first() -> None:
+    raw = TYPICAL[:-1] + b',"x":"' + b"a" * 1_048_576 + b'"}'
+    assert decode_typical(raw) is None
+    assert_decodes_alike(raw)
+
+
+@SETTINGS
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_decode_alike(raw: bytes) -> None:
+    assert_decodes_alike(raw)
+
+
+@SETTINGS
+@given(json_values)
+def test_arbitrary_json_decodes_alike(value: Any) -> None:
+    assert_decodes_alike(orjson.dumps(value))
+
+
+@SETTINGS
+@given(mutated_events())
+def test_mutated_events_decode_alike(event: dict[str, Any]) -> None:
+    assert_decodes_alike(orjson.dumps(event))
+
+
+@SETTINGS
+@given(mutated_events(), st.integers(min_value=0, max_value=400), st.binary(min_size=1, max_size=3))
+def test_corrupted_events_decode_alike(event: dict[str, Any], cut: int, junk: bytes) -> None:
+    raw = orjson.dumps(event)
+    assert_decodes_alike(raw[:cut])
+    assert_decodes_alike(raw[:cut] + junk + raw[cut + len(junk):])
+    assert_decodes_alike(raw[:cut] + junk + raw[cut:])
+
+
+LEAVES = [
+    ("event_id",), ("event_type",), ("occurred_at",), ("product", "id"), ("product", "version"), ("product", "title"),
+    ("product", "seller", "id"), ("product", "seller", "country"), ("product", "ship_from_country"),
+    ("product", "category", "path"), ("product", "category", "id"), ("product", "hs_code"),
+    ("product", "price", "amount"), ("product", "price", "currency"),
+]
+text_values = st.text(max_size=24) | st.text(alphabet=st.characters(codec="utf-8"), max_size=6) | st.sampled_from(
+    ["", "ID", "CN", "id", "62", "6205.20", "62.05", "aa-1", "gid://shopify/TaxonomyCategory/aa-1", "A > B", " > ",
+     "0", "0.5", "00.5", "USD", "2026-11-29T10:00:00Z", "2026-11-29T10:00:00.123+07:00", "\u0000", "é" * 3]
+)
+leaf_values = (
+    st.none() | st.booleans() | text_values | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.just(7.0) | st.lists(st.integers(-10, 10), max_size=2)
+)
+
+
+@st.composite
+def raw_variants(draw: st.DrawFn) -> bytes:
+    """The typical event with leaves replaced, and perhaps a duplicate key spliced into the JSON text."""
+    event = copy.deepcopy(VALID_EVENT)
+    for _ in range(draw(st.integers(min_value=0, max_value=3))):
+        *parents, leaf = draw(st.sampled_from(LEAVES))
+        target = event
+        for key in parents:
+            target = target[key]
+        target[leaf] = draw(leaf_values)
+    raw = orjson.dumps(event)
+    if draw(st.booleans()):
+        *_, leaf = draw(st.sampled_from(LEAVES))
+        duplicate = b'"' + leaf.encode() + b'":' + orjson.dumps(draw(leaf_values))
+        marker = b'"' + leaf.encode() + b'":'
+        if marker in raw:
+            at = raw.index(marker)
+            raw = raw[:at] + duplicate + b"," + raw[at:] if draw(st.booleans()) else (
+                raw[:at] + marker + raw[at + len(marker):].replace(b",", b"," + duplicate + b",", 1)
+            )
+    return raw
+
+
+@SETTINGS
+@given(raw_variants())
+def test_variants_and_duplicate_keys_decode_alike(raw: bytes) -> None:
+    assert_decodes_alike(raw)
+
+
+# --- classification ----------------------------------------------------------------------
+
+RULE_POLICIES = {
+    "bundled": POLICY,
+    "dated": policy_with(effective={"crafts": "2026-12-01", "textile_fashion": "2026-12-01T07:00:00+07:00"}, version="t-dated"),
+    "exempt": policy_with(exempt=["S-1", "S-2"], version="t-exempt"),
+    "minimum": policy_with(minimum=MIN_PRICE, version="t-minimum"),
+    "all": policy_with(effective={"food_beverage": "2026-12-01"}, exempt=["S-1"], minimum=MIN_PRICE, version="t-all"),
+}
+CATEGORIES = taxonomy()[::97]
+DEC_1 = 1_796_083_200.0
+
+
+def reference_classify(event: ProductEvent, policy: Policy, now: float) -> Decision:
+    verdict, _ = judge_afresh(event, policy, now)
+    return Decision(
+        decision_id(event.event_id, policy.version), event.event_id, event.product_id, event.product_version,
+        *verdict, policy.version,
+    )
+
+
+@st.composite
+def rule_events(draw: st.DrawFn) -> tuple[ProductEvent, float]:
+    category = draw(st.sampled_from(CATEGORIES))
+    price = draw(st.none() | st.tuples(st.sampled_from(["0.5", "99.99", "100.00", "250", "1500000"]),
+                                        st.sampled_from(["USD", "IDR", "CNY", "EUR"])))
+    event = ProductEvent(
+        draw(st.sampled_from(["e1", "e2"])), "P-1", draw(st.none() | st.integers(0, 3)),
+        draw(st.sampled_from([None, "S-1", "S-2", "S-3"])), draw(st.sampled_from(["ID", "CN", "SG"])),
+        draw(st.sampled_from(["ID", "CN"])), category.path, draw(st.sampled_from([None, category.id])),
+        draw(st.sampled_from([None, "4901", "6109", "1905"])), *(price or (None, None)), None, None,
+    )
+    now = draw(st.sampled_from([DEC_1 - 3600, DEC_1, DEC_1 + 3600]))
+    return event, now
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(RULE_POLICIES)), st.lists(rule_events(), min_size=1, max_size=12))
+def test_classify_with_remembered_verdicts_is_the_reference(name: str, events: list[tuple[ProductEvent, float]]) -> None:
+    """Whatever was decided before for the same facts, time, price and seller still count where they should."""
+    policy = RULE_POLICIES[name]
+    for event, now in events:
+        try:
+            expected: Any = reference_classify(event, policy, now)
+        except InvalidEvent as exc:
+            expected = (exc.code, exc.message)
+        try:
+            got: Any = classify(event, policy, now)
+        except InvalidEvent as exc:
+            got = (exc.code, exc.message)
+        assert got == expected
+
+
+def test_verdicts_that_depend_on_time_price_or_seller_are_not_remembered() -> None:
+    policy = policy_with(effective={"food_beverage": "2026-12-01"}, exempt=["S-1"], minimum=MIN_PRICE)
+    base = ProductEvent("e", "P", 1, "S-9", "CN", "CN", SNACKS, None, None, "1.00", "USD", None, None)
+    classify(base, policy, DEC_1 - 1)  # a dated cluster
+    classify(base._replace(seller_id="S-1", category_path=PHONE), policy, DEC_1)  # an exempt seller
+    classify(base._replace(category_path=PHONE), policy, DEC_1)  # the price decides
+    assert len(policy.verdicts) == 0
+    classify(base._replace(category_path=PHONE, hs_code="4901"), policy, DEC_1)  # HS-exempt: the same for all
+    classify(base._replace(seller_country="ID", ship_from_country="ID", category_path=PHONE), policy, DEC_1)
+    assert len(policy.verdicts) == 2
+
+
+def test_decision_id_is_unchanged() -> None:
+    """BLAKE2b-128 of event id, unit separator, policy version: consumers drop copies by it."""
+    assert decision_id("9f1c-0001", "2026.11.0") == hashlib.blake2b(b"9f1c-0001\x1f2026.11.0", digest_size=16).hexdigest()
+    assert decision_id("é\u2028" + ASTRAL, "v1") == hashlib.blake2b(("é\u2028" + ASTRAL + "\x1fv1").encode(), digest_size=16).hexdigest()
+
+
+# --- state and whole decisions -------------------------------------------------------------
+
+
+def reference_state_encoding(state: ProductState) -> bytes:
+    """How states were stored before (orjson), which states already in changelogs hold."""
+    return orjson.dumps({
+        "decision": state.decision, "cluster": state.cluster, "cross_border": state.cross_border,
+        "policy_version": state.policy_version, "decision_id": state.decision_id, "partition": state.partition,
+        "facts": dict(zip(_FACT_FIELDS, state.facts)),
+    })
+
+
+optional_text = st.none() | st.text(min_size=1, max_size=20)
+
+
+@SETTINGS
+@given(
+    st.builds(ProductEvent, st.text(min_size=1), st.text(min_size=1), st.none() | st.integers(0, 2**63 - 1), optional_text,
+              st.sampled_from(["ID", "CN"]), st.sampled_from(["ID", "CN"]), st.text(min_size=1), optional_text,
+              optional_text, optional_text, optional_text, optional_text, optional_text),
+    st.sampled_from(["block", "allow"]), st.none() | st.sampled_from(["crafts", "textile_fashion"]), st.booleans(),
+    st.integers(0, 1000),
+)
+def test_state_encoding_is_unchanged(facts: ProductEvent, decision: str, cluster: str | None, cross_border: bool, partition: int) -> None:
+    state = ProductState(decision, cluster, cross_border, "2026.11.0", "ab" * 16, partition, facts)
+    encoded = state.encode()
+    assert encoded == reference_state_encoding(state)
+    assert ProductState.decode(encoded) == state
+    assert StoredState.__struct_fields__ == ("decision", "cluster", "cross_border", "policy_version", "decision_id", "partition", "facts")
+
+
+class _NoFastPath:
+    def decide(self, *args: Any) -> None:
+        return None
+
+
+class ReferenceProcessor(Processor):
+    """Processor with every event on the reference path."""
+
+    @Processor.policy.setter  # type: ignore[attr-defined,untyped-decorator]
+    def policy(self, policy: Policy) -> None:
+        self._policy = policy
+        self._fast = _NoFastPath()
+
+
+class CountingProcessor(Processor):
+    """Processor that counts the events its fast path decided."""
+
+    fast_decisions = 0
+
+    def process(self, *args: Any) -> Outcome:
+        decide = self._fast.decide
+
+        def counted(*inner: Any) -> Any:
+            result = decide(*inner)
+            self.fast_decisions += result is not None
+            return result
+
+        self._fast.decide = counted  # type: ignore[method-assign]
+        try:
+            return super().process(*args)
+        finally:
+            del self._fast.decide
+
+
+def run_both(policy: Policy, messages: list[tuple[bytes | None, bytes | None]], now: float = DEC_1) -> CountingProcessor:
+    fast, reference = CountingProcessor(policy, MemoryStateStore()), ReferenceProcessor(policy, MemoryStateStore())
+    for offset, (key, value) in enumerate(messages):
+        got = fast.process(key, value, "in", offset % 3, offset, now + offset * 0.0005)
+        expected = reference.process(key, value, "in", offset % 3, offset, now + offset * 0.0005)
+        assert got == expected, (offset, value)
+        assert fast.state == reference.state
+    return fast
+
+
+@pytest.mark.parametrize("name", sorted(RULE_POLICIES))
+def test_sample_stream_is_decided_alike(name: str) -> None:
+    policy = RULE_POLICIES[name]
+    sample = list(generate(2000, seed=11, malformed_ratio=0.05, products=300))
+    messages: list[tuple[bytes | None, bytes | None]] = [*sample, (b"P-0000001", None), (None, None)]  # tombstones
+    messages += sample[:500]  # the same again: stale versions
+    messages += [(key.replace(b"P-", b"Q-"), value.replace(b'"P-', b'"Q-')) for key, value in sample]  # known kinds
+    processor = run_both(policy, messages)
+    assert processor.fast_decisions > 3000  # the typical event did take the fast path, whatever the rules
+
+
+def test_policy_swap_moves_the_fast_path_along() -> None:
+    processor = CountingProcessor(load_bundled_policy(), MemoryStateStore())
+    raw = orjson.dumps(VALID_EVENT)
+    processor.process(b"P-1001", raw, "in", 0, 0, DEC_1)
+    processor.process(b"P-1001", raw, "in", 0, 1, DEC_1)
+    assert processor.fast_decisions == 2
+    swapped = policy_with(exempt=["S-1"], version="t-swapped")
+    processor.policy = swapped
+    assert processor.policy is swapped
+    for offset in (2, 3):
+        outcome = processor.process(b"P-1001", raw, "in", 0, offset, DEC_1)
+        assert orjson.loads(outcome.value or b"")["policy_version"] == swapped.version
+    assert processor.fast_decisions == 4
+
+
+@st.composite
+def message_streams(draw: st.DrawFn) -> list[tuple[bytes | None, bytes | None]]:
+    """A few products and categories, versions up and down, sellers, prices, oddities, tombstones."""
+    messages: list[tuple[bytes | None, bytes | None]] = []
+    for index in range(draw(st.integers(min_value=1, max_value=25))):
+        product = draw(st.sampled_from(["P-1", "P-2", "P-\u00e9"]))
+        if draw(st.integers(0, 19)) == 0:
+            messages.append((product.encode(), None))
+            continue
+        category = draw(st.sampled_from(CATEGORIES[:6]))
+        changes: dict[str, Any] = {
+            "event_id": f"e-{index}",
+            "product__id": product,
+            "product__version": draw(st.none() | st.integers(0, 4)),
+            "product__seller": {"country": draw(st.sampled_from(["ID", "CN"]))} | (
+                {"id": seller} if (seller := draw(st.sampled_from([None, "S-1", "S-9"]))) else {}),
+            "product__ship_from_country": draw(st.sampled_from(["ID", "CN"])),
+            "product__category": {"path": category.path} | ({"id": category.id} if draw(st.booleans()) else {}),
+            "product__hs_code": draw(st.sampled_from([..., "4901", "6205.20"])),
+            "product__price": draw(st.sampled_from([..., {"amount": "5.00", "currency": "USD"},
+                                                    {"amount": "500.00", "currency": "USD"}, {"amount": "1", "currency": "EUR"}])),
+        }
+        if draw(st.integers(0, 9)) == 0:
+            changes[draw(st.sampled_from(["extra", "product__extra", "product__version"]))] = draw(leaf_values)
+        messages.append((product.encode(), orjson.dumps(make_event(**changes))))
+    return messages
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(RULE_POLICIES)), message_streams())
+def test_streams_are_decided_alike(name: str, messages: list[tuple[bytes | None, bytes | None]]) -> None:
+    run_both(RULE_POLICIES[name], messages)
+
+
+def test_stored_state_the_fast_path_cannot_read_goes_the_reference_way() -> None:
+    processor = CountingProcessor(load_bundled_policy(), MemoryStateStore())
+    raw = orjson.dumps(VALID_EVENT)
+    processor.process(b"P-1001", raw, "in", 0, 0, DEC_1)
+    processor.state[b"P-1001"] = b'{"decision": 5, "facts": {}}'  # not what the fast path expects
+    with pytest.raises(KeyError):  # what the reference path did with such a state, before and now
+        processor.process(b"P-1001", raw, "in", 0, 1, DEC_1)
+    assert processor.fast_decisions == 1
+
+
+# --- the clock -----------------------------------------------------------------------------
+
+
+@given(st.lists(st.floats(min_value=0, max_value=4_000_000_000), min_size=1, max_size=20))
+def test_repeated_timestamps_format_alike(times: list[float]) -> None:
+    def reference(epoch: float) -> str:
+        second = int(epoch)
+        return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(second))}.{int((epoch - second) * 1000):03d}Z"
+
+    for epoch in times + times[::-1] + times:
+        assert format_timestamp(epoch) == reference(epoch)

@@ -1,0 +1,104 @@
+"""The agent's batch reader: events fetched before a rebalance are dropped without committing their offsets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import faust
+import pytest
+from faust.types import TP
+from faust.types.tuples import ConsumerMessage
+
+from worker.stream.agent import event_batches
+from worker.stream.app import create_app
+from worker.core import load_bundled_policy
+from worker.settings import Settings
+
+TOPIC = "catalog.product-upserts"
+PARTITION = TP(TOPIC, 0)
+
+
+@pytest.fixture
+def app() -> Iterator[faust.App]:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        app = create_app(Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}), load_bundled_policy())
+        app.consumer_generation_id = 7
+        app.flow_control.resume()
+        app.topics.acking_topics.add(TOPIC)  # what the conductor does once the running worker subscribes
+        yield app
+        app.consumer._thread.thread_loop.close()  # the consumer thread's own loop, created with the consumer
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def event(app: faust.App, offset: int, generation_id: int) -> faust.EventT:
+    message = ConsumerMessage(
+        TOPIC, 0, offset, 0.0, 0, {}, b"key", b"{}", None, tp=PARTITION, generation_id=generation_id
+    )
+    return app.create_event(b"key", b"{}", {}, message)
+
+
+def read_one_batch(app: faust.App, events: list[faust.EventT]) -> list[int]:
+    """Offsets of the batch the reader yields after ``events`` were queued (the stale ones never are)."""
+    stream = app.stream(app.topic(TOPIC))
+
+    async def read() -> list[int]:
+        batches = event_batches(stream, 100)
+        queue = aiter(stream.channel).queue
+        for queued in events:
+            queue.put_nowait(queued)
+        batch = await asyncio.wait_for(anext(batches), 5)
+        await batches.aclose()
+        return [queued.message.offset for queued, _ in batch]
+
+    return app.loop.run_until_complete(read())
+
+
+def test_events_of_an_old_generation_are_dropped_without_marking_their_offsets_done(app: faust.App) -> None:
+    consumer = app.consumer
+    # Right after a rebalance the consumer knows no committed offset for the partition yet.
+    assert consumer._committed_offset[PARTITION] is None
+    stale = [event(app, offset, generation_id=6) for offset in range(100, 140)]
+    current = event(app, 100, generation_id=7)  # the same record, fetched again after the seek
+
+    assert read_one_batch(app, [*stale, current]) == [100]
+    assert not consumer._acked[PARTITION], "a stale event must not count as processed"
+    assert consumer._new_offset(PARTITION) is None, "nothing is committable before the record is processed"
+    assert all(queued.message.acked for queued in stale), "and nothing may ack the stale copies later"
+
+
+def test_events_arriving_while_flow_is_suspended_are_dropped_the_same_way(app: faust.App) -> None:
+    app.flow_control.suspend()
+    suspended = [event(app, offset, generation_id=7) for offset in range(5)]
+    app.flow_control.resume()
+    app.flow_control.suspend()
+
+    async def read_nothing() -> None:
+        stream = app.stream(app.topic(TOPIC))
+        batches = event_batches(stream, 100)
+        queue = aiter(stream.channel).queue
+        for queued in suspended:
+            queue.put_nowait(queued)
+        reading = asyncio.ensure_future(anext(batches))
+        for _ in range(100):  # until the reader has taken everything queued
+            await asyncio.sleep(0)
+            if queue.empty():
+                break
+        await asyncio.sleep(0)
+        assert queue.empty() and not reading.done(), "the suspended events must not come out as a batch"
+        reading.cancel()
+
+    app.loop.run_until_complete(read_nothing())
+    assert not app.consumer._acked[PARTITION]
+
+
+def test_fausts_own_ack_of_a_stale_event_would_make_its_offset_committable(app: faust.App) -> None:
+    """Why the reader does not ack stale events as Faust's Stream iterator does (faust-streaming 0.11)."""
+    consumer = app.consumer
+    for offset in range(100, 140):
+        event(app, offset, generation_id=6).ack()
+    assert consumer._new_offset(PARTITION) == 140, "records 100-139 would be committed unprocessed"

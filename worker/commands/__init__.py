@@ -1,0 +1,1 @@
+"""The command line: `compliance-worker` and each of its commands."""

@@ -1,0 +1,179 @@
+"""The `compliance-worker` command: worker, check, simulate, policy validate/publish, sample."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from worker.core import ComplianceError, Policy, load_bundled_policy, load_policy_file
+from worker.core.policy import BUNDLED_POLICY, parse_instant, read_policy_file
+from worker.settings import Settings, settings_table
+
+
+def _policy_from(path: str | None, env: Mapping[str, str]) -> Policy:
+    chosen = path or env.get("POLICY_FILE") or None
+    return load_policy_file(chosen) if chosen else load_bundled_policy()
+
+
+def _policy_source(path: str | None, env: Mapping[str, str]) -> str:
+    return path or env.get("POLICY_FILE") or f"bundled {BUNDLED_POLICY}"
+
+
+def _instant(text: str) -> float:
+    try:
+        return parse_instant(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _settings_help() -> str:
+    unset = {"POLICY_FILE": "(bundled policy)"}
+    rows = "\n".join(
+        f"  {variable:<28} default: {default or unset.get(variable, '(unset)')}" for variable, default in settings_table()
+    )
+    return "settings (environment variables):\n" + rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compliance-worker",
+        description="Tags cross-border listings in Indonesia's restricted product clusters and publishes block/allow decisions.",
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = commands.add_parser(
+        "worker", help="run the Faust stream worker", epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    worker.add_argument("--web-port", type=int, help="overrides WORKER_WEB_PORT")
+    worker.add_argument("--web-host", help="overrides WORKER_WEB_HOST")
+    worker.add_argument("--policy", help="overrides POLICY_FILE")
+
+    check = commands.add_parser("check", help="classify product-upsert JSON lines offline")
+    check.add_argument("file", nargs="?", default="-", help="JSON-lines file, or - for standard input (default)")
+    check.add_argument("--policy", help="policy file (default: POLICY_FILE, else the bundled policy)")
+    check.add_argument("--summary-json", action="store_true", help="print the closing summary as one JSON line")
+
+    simulate = commands.add_parser(
+        "simulate", help="what-if: how many decisions a new policy would change on a catalog of events",
+    )
+    simulate.add_argument("file", help="JSON-lines file of product-upsert events, or - for standard input")
+    simulate.add_argument("--policy", required=True, metavar="NEW", help="the new policy file")
+    simulate.add_argument("--current", metavar="CURRENT", help="the policy in force (default: POLICY_FILE, else the bundled policy)")
+    simulate.add_argument("--at", type=_instant, metavar="WHEN",
+                          help="decision time for both policies: a date or RFC 3339 timestamp (default: now)")
+    simulate.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+    policy = commands.add_parser("policy", help="validate or publish a policy file")
+    actions = policy.add_subparsers(dest="action", required=True, metavar="ACTION")
+    validate = actions.add_parser("validate", help="check a policy file with the worker's own loader")
+    validate.add_argument("file", help="policy file (YAML or JSON)")
+    publish = actions.add_parser(
+        "publish", help="validate, then produce the file unchanged to the policy topic (keyed by its version)",
+        epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    publish.add_argument("file", help="policy file (YAML or JSON)")
+    publish.add_argument("--bootstrap", help="overrides KAFKA_BOOTSTRAP_SERVERS")
+    publish.add_argument("--topic", help="overrides POLICY_TOPIC")
+    publish.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker (default: 30)")
+
+    sample = commands.add_parser("sample", help="print a realistic sample catalog as JSON lines")
+    sample.add_argument("--count", type=int, default=1000)
+    sample.add_argument("--seed", type=int, default=7)
+    sample.add_argument("--malformed-ratio", type=float, default=0.01)
+    return parser
+
+
+def _policy_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    data, policy = read_policy_file(args.file)
+    if args.action == "validate":
+        sys.stdout.write(f"valid: {policy.summary()}\n")
+        return 0
+    from worker.commands.policy_publish import PublishError, publish_policy
+    from worker.kafka.security import KafkaSecurityError, client_options, security_problem
+
+    overrides = {"KAFKA_BOOTSTRAP_SERVERS": args.bootstrap, "POLICY_TOPIC": args.topic}
+    settings = Settings.from_env({**env, **{k: v for k, v in overrides.items() if v is not None}})
+    # aiokafka logs each failed connection attempt; the one line below says what went wrong instead.
+    aiokafka_log = logging.getLogger("aiokafka")
+    level, aiokafka_log.level = aiokafka_log.level, logging.CRITICAL
+    try:
+        published = asyncio.run(publish_policy(
+            data, policy.version, bootstrap=settings.bootstrap_servers, topic=settings.policy_topic,
+            replication_factor=settings.topic_replication_factor, timeout=args.timeout,
+            security=client_options(settings),
+        ))
+    except PublishError:
+        # aiokafka reports a refused handshake or password as "cannot connect"; say which, and that retrying won't help
+        problem = asyncio.run(security_problem(settings, min(args.timeout, 10.0)))
+        if problem is not None:
+            raise KafkaSecurityError(f"cannot connect to Kafka: {problem}") from None
+        raise
+    finally:
+        aiokafka_log.setLevel(level)
+    for warning in published.warnings:
+        sys.stderr.write(f"compliance-worker policy publish: warning: {warning}\n")
+    created = " (created it: compacted, 1 partition)" if published.created_topic else ""
+    sys.stdout.write(
+        f"published policy {policy.version} ({len(data):,} bytes, digest {policy.digest}) to {published.topic}{created} "
+        f"partition {published.partition} offset {published.offset} at {settings.kafka_bootstrap_servers}\n"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = os.environ if env is None else env
+    command = args.command + (f" {args.action}" if args.command == "policy" else "")
+    try:
+        if args.command == "policy":
+            return _policy_command(args, env)
+        if args.command == "simulate":
+            from worker.commands.simulate import run_simulate
+
+            current = _policy_from(args.current, env)
+            new = load_policy_file(args.policy)
+            return run_simulate(
+                args.file, current, new, current_source=_policy_source(args.current, env), new_source=args.policy,
+                now=args.at, as_json=args.json,
+            )
+        if args.command == "check":
+            from worker.commands.check import run_check
+
+            return run_check(args.file, _policy_from(args.policy, env), summary_json=args.summary_json)
+        if args.command == "sample":
+            from worker.commands.sample import generate
+
+            out = sys.stdout.buffer
+            for _key, value in generate(args.count, seed=args.seed, malformed_ratio=args.malformed_ratio):
+                out.write(value.replace(b"\n", b" ") + b"\n")
+            out.flush()
+            return 0
+        if args.command == "worker":
+            from worker.stream.app import run_worker
+
+            settings = Settings.from_env(
+                env, worker_web_port=args.web_port, worker_web_host=args.web_host,
+                policy_file=args.policy,
+            )
+            return run_worker(settings)
+    except ComplianceError as exc:
+        sys.stderr.write(f"compliance-worker {command}: {exc.message}\n")
+        # publish: 1 = the broker failed, try again; 2 (everywhere) = the policy or a setting is wrong
+        return 1 if args.command == "policy" and exc.retriable else 2
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

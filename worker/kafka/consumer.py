@@ -1,0 +1,317 @@
+"""Faust's aiokafka consumer, extended: the hot path without per-message tasks, stable seeks, exactly-once commits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine, Generator, Iterable, Mapping
+from typing import Any
+
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, Message
+from mode.services import WaitResults
+
+from worker.kafka import stable_offsets
+from worker.kafka.transactions import TransactionAborted, TransactionGate
+
+# Faust's consumer uses asyncio.Event for suspend_flow: its wait() coroutine marks the drain loop's call.
+_EVENT_WAIT_CODE = asyncio.Event.wait.__code__
+
+
+class _Resume:
+    """Await the rest of a coroutine whose first step already ran and yielded ``pending``.
+
+    Equivalent to ``yield from coro`` picked up after its first step: values and
+    exceptions (cancellation included) travel to and from the coroutine unchanged.
+    """
+
+    __slots__ = ("_coro", "_pending")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
+        self._coro = coro
+        self._pending = pending
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, pending = self._coro, self._pending
+        while True:
+            try:
+                sent = yield pending
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - forwarded into the coroutine, as yield from does
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    pending = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+FETCH_MAX_WAIT_MS = 100
+
+
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread: fetches held FETCH_MAX_WAIT_MS; seeks to stable committed offsets, on every stream partition.
+
+    Faust fixes the broker-side fetch wait at 1.5 s. aiokafka keeps one fetch
+    request in flight per broker and leaves out of it the partitions whose last
+    fetch is not consumed yet. The request then asks only for partitions with
+    nothing new (an idle changelog or Faust's leader topic, say), and the broker
+    holds it for the whole fetch wait: meanwhile the busy partition cannot be
+    fetched. With 1.5 s a worker on one input partition stopped at ~12,400
+    events/s (6,090 with 4 MiB fetches); with 100 ms it does ~15,000. What it
+    costs: an idle worker asks each broker up to ten times a second instead of
+    once in 1.5 s.
+
+    The committed offsets are asked with require_stable (``worker/kafka/stable_offsets.py``).
+    aiokafka's own request answers, for a moment after a transaction commits,
+    with the offsets before it: a worker that committed in its revoke handler and
+    sought soon after decided those events again (28 committed duplicates in one
+    CI run).
+
+    aiokafka's ``seek_to_committed`` leaves a partition with no committed offset
+    (or offset 0) where its fetches left it. Right after a rebalance that can be
+    past records that were fetched but never delivered (a batch dropped by
+    ``Consumer.getmany``, or by Faust when the flow stopped), and with nothing
+    committed Faust has no read offset to notice the jump: those events would be
+    skipped. Such a partition is reset the way ``auto_offset_reset`` says
+    (earliest, here); changelog partitions are left to the table recovery.
+    """
+
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # noqa: SLF001 - read by AIOKafkaConsumer.start for its Fetcher
+        return consumer
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        return await self.call_thread(self._seek_to_committed)
+
+    async def _seek_to_committed(self) -> Mapping[TP, int | None]:
+        consumer = self._ensure_consumer()
+        committed = await stable_offsets.committed_offsets(consumer, consumer.assignment())
+        for tp, offset in committed.items():
+            if offset is not None:
+                consumer.seek(tp, offset)
+        never_committed = [
+            tp for tp, offset in committed.items() if offset is None and not self.consumer._is_changelog_tp(tp)  # noqa: SLF001
+        ]
+        if never_committed:
+            if self.app.conf.consumer_auto_offset_reset == "latest":
+                await consumer.seek_to_end(*never_committed)
+            else:
+                await consumer.seek_to_beginning(*never_committed)
+        return committed
+
+
+class Consumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, minus four asyncio tasks per message when flow is not suspended.
+
+    Faust's drain loop hands every message over with
+    ``await self.wait_first(callback(message), self.suspend_flow.wait())``, which
+    wraps both coroutines, plus the service's stopped and crashed events, in tasks
+    and races them, so that a rebalance (``suspend_flow`` set) can abandon a
+    callback stuck on a full or suspended stream buffer. That costs four tasks and
+    an ``asyncio.wait`` per message.
+
+    Here the callback's first step runs inline. If it finishes without ever
+    yielding to the event loop, nothing else can have run meanwhile, so no
+    rebalance can have started, and the race is skipped. If it yields (a full
+    buffer, suspended flow control), the rest of it races ``suspend_flow`` exactly
+    as in Faust. Every other ``wait_first`` call is Faust's own.
+
+    Stream records reach the streams only from positions this generation's seek
+    to the committed offsets has set, and a later seek does not send them again
+    (``getmany``, ``perform_seek``). Under exactly_once commits pass through a
+    ``TransactionGate`` (``gate``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = TransactionGate()
+        self._seeks_started = 0
+        self._seeks_done = 0
+        self._sought_generation: int | None = None  # the consumer generation of the last seek to committed
+        # Per partition, the last offset handed to the streams since the flow last stopped (changelog ones unused).
+        self._handed_over: dict[TP, int] = {}
+
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def stop_flow(self) -> None:
+        super().stop_flow()
+        self._handed_over = {}  # the streams drop what they hold (agents.forget): it is fetched again
+
+    async def perform_seek(self) -> None:
+        """Faust's seek to the committed offsets; while the flow runs, not back over records the streams already got.
+
+        The table recovery seeks after it has resumed the stream partitions, and a
+        fetch can hand records to the streams just before that (the drain loop
+        yields to the event loop only every 100 records). They are being decided;
+        sent again from the committed offset they were decided twice, and under
+        exactly_once both copies joined the partition's transaction: committed
+        duplicates (28 in one CI run). A rebalance stops the flow first, and then
+        the streams drop what they got, so the seek goes to the committed offset.
+        """
+        self._seeks_started += 1
+        generation = self.app.consumer_generation_id
+        try:
+            await super().perform_seek()
+            if self._handed_over and self.flow_active:
+                read_offset = self._read_offset
+                onwards = {
+                    tp: last + 1 for tp, last in self._handed_over.items()
+                    if tp in read_offset and (read_offset[tp] is None or last >= read_offset[tp])
+                    and not self._is_changelog_tp(tp)
+                }
+                if onwards:
+                    await self.seek_wait(onwards)  # on the consumer thread; sets the read offsets too
+            if self.app.consumer_generation_id == generation:
+                self._sought_generation = generation
+        finally:
+            self._seeks_done += 1
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        """Faust's ``getmany``; stream records only from positions this generation's seek set, none fetched across it.
+
+        On assignment aiokafka positions the partitions at their committed
+        offsets, asked without require_stable: right after the revoke handler's
+        commit (exactly_once) that is the offset before it. Faust pauses the stream
+        partitions for the table recovery and then seeks them to the committed
+        offsets; records fetched before that seek come from those positions, so
+        they are held back until it is done, and the seek fetches them again.
+
+        A fetch can also overlap a seek: issued before it, or while it goes from
+        partition to partition. Its records come from the old positions. Delivered
+        after the seek, they move the read offset far ahead; Faust's drain loop
+        takes the jump for a gap of compacted or control records, counts the
+        skipped offsets as acked (the commit passes over them), and drops the
+        re-fetched records below the new read offset as already read: events never
+        decided (docs/reliability.md). So the stream records of such a fetch are
+        dropped, and while the flow runs the partitions are sought to their
+        committed offsets again, because aiokafka's position may already be past
+        them. If the flow is stopped, a rebalance is under way, and Faust seeks
+        again before it resumes the flow.
+
+        Changelog records always go on: no seek to the committed offsets moves
+        their partitions, and a standby table that missed some would stay without them.
+        """
+        started = self._seeks_started
+        no_seek_under_way = self._seeks_done == started
+        sought = self._sought_generation == self.app.consumer_generation_id
+        fresh = no_seek_under_way and sought
+        handed_over = self._handed_over  # once the flow stops, this batch's hand-overs go to a dict nobody reads
+        is_changelog = self._is_changelog_tp
+        overlapped = unsought = 0
+        batch = super().getmany(timeout)
+        try:
+            async for tp, message in batch:
+                no_seek_since = self._seeks_started == started
+                if fresh and no_seek_since:
+                    handed_over[tp] = message.offset
+                elif not is_changelog(tp):
+                    if no_seek_under_way and no_seek_since:
+                        unsought += 1
+                    else:
+                        overlapped += 1
+                    continue
+                yield tp, message
+        finally:
+            await batch.aclose()  # type: ignore[attr-defined]
+        if unsought:
+            self.log.info("Held back %d stream records fetched before this generation's seek to committed", unsought)
+        if overlapped:
+            self.log.info("Dropped %d stream records fetched across a seek to the committed offsets", overlapped)
+            if self.flow_active:
+                try:
+                    await self.perform_seek()
+                except Exception as exc:  # noqa: BLE001 - as Faust's own seek in getmany: the next rebalance seeks again
+                    self.log.warning("Seeking to the committed offsets again failed: %r", exc)
+
+    async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        if not self.in_transaction:
+            return await super().force_commit(topics, start_new_transaction=start_new_transaction)
+        async with self.gate.exclusive():
+            return await super().force_commit(topics, start_new_transaction=start_new_transaction)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Under exactly_once, commit what is acked before Faust forgets it.
+
+        Faust's consumer drops the acked offsets of every revoked partition
+        (``_acked``, and the committed offsets it knows) before its rebalance
+        handler commits, so events acked since the last commit are never
+        committed, while their output stays in the partition's open transaction.
+        A partition the worker keeps (the eager protocol revokes everything, and
+        the producer of a partition assigned again is kept) is then read again
+        from its committed offset and decided again into the same transaction,
+        which commits both copies: committed duplicates. Committing here first,
+        under the gate (no batch is in flight, new ones wait), carries those
+        offsets with their output; nothing can be acked between this commit and
+        Faust's reset, which follows without yielding to the event loop.
+        """
+        if self.in_transaction and not (self.should_stop or self.app.should_stop):
+            try:
+                await self.force_commit()
+            except TransactionAborted:
+                pass  # output failed earlier: nothing is committed any more, and Faust's own commit raises
+        await super().on_partitions_revoked(revoked)
+
+    async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
+        """The partitions' end offsets asked of the broker; under exactly_once, their last stable offsets.
+
+        Faust's aiokafka driver answers under exactly_once from the consumer's
+        ``last_stable_offset``, which aiokafka knows only once it has fetched from
+        the partition since the last assignment: right after a rebalance that is
+        None, Faust takes it for an empty changelog (highwater -1) and skips the
+        table recovery, so a worker taking over a partition decided its products
+        with no state (``previous_decision`` null). ``end_offsets`` asks the broker;
+        the consumer reads ``read_committed``, so the answer is the last stable offset.
+        """
+        if not self.in_transaction:
+            return await super().highwaters(*partitions)
+        thread = self._thread
+        return await thread.call_thread(thread._ensure_consumer().end_offsets, list(partitions))  # noqa: SLF001
+
+    async def commit_transactions(self, transactional_ids: Iterable[str]) -> None:
+        """With the gate held: commit what is acked (output with its offsets), then these transactions as they are.
+
+        For output that has no input offsets of its own (re-screening): after the
+        ordinary commit, whatever is left in these transactions was sent under the
+        gate by the caller, so it is committed without offsets. A transaction the
+        ordinary commit already ended is empty, and committing it costs no request.
+        """
+        await super().force_commit()
+        producer = self.app.producer
+        for transactional_id in sorted(set(transactional_ids)):
+            async with producer._trn_locks[transactional_id]:  # noqa: SLF001 - Faust's per-transaction lock
+                transaction = producer._transaction_producers[transactional_id]  # noqa: SLF001
+                await transaction.commit_transaction()
+                await transaction.begin_transaction()
+
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
+        if (
+            len(coros) == 2
+            and timeout is None
+            and getattr(coros[1], "cr_code", None) is _EVENT_WAIT_CODE
+            and isinstance(coros[0], Coroutine)
+            and not (self.suspend_flow.is_set() or self._stopped.is_set() or self._crashed.is_set())
+        ):
+            callback, suspended = coros
+            try:
+                pending = callback.send(None)
+            except StopIteration as done:
+                suspended.close()
+                return WaitResults([callback], [done.value], False)
+            except BaseException:
+                suspended.close()
+                raise
+            return await super().wait_first(_Resume(callback, pending), suspended)
+        return await super().wait_first(*coros, timeout=timeout)
+
+
+class Transport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport with the consumer above."""
+
+    Consumer = Consumer

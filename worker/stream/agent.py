@@ -1,0 +1,154 @@
+"""The agent: decode -> classify -> encode -> send, a batch at a time, acked only after delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Sequence
+from typing import Any, cast
+
+import faust
+from faust.types import EventT
+
+from worker.kafka.batches import ack, event_batches
+from worker.kafka.consumer import Consumer
+from worker.kafka.outbox import Outbox
+from worker.kafka.transactions import TransactionGate, Transactions
+from worker.stream.processing import DEAD_LETTER, DECISION, TOMBSTONE, Outcome
+from worker.stream.runtime import Runtime
+
+log = logging.getLogger("worker.agents")
+
+
+def register_agent(
+    app: faust.App, runtime: Runtime, input_topic: faust.TopicT, decisions_topic: faust.TopicT,
+    dead_letter_topic: faust.TopicT, batch_max: int,
+) -> faust.types.AgentT:
+    decisions_name = decisions_topic.get_topic_name()
+    dead_letter_name = dead_letter_topic.get_topic_name()
+    transactions = Transactions(app, input_topic.get_topic_name())
+
+    # Under at_least_once, decisions and state changes go into aiokafka batches directly (worker/kafka/outbox.py); dead
+    # letters (rare, up to 8 MiB) and everything under exactly_once go through Faust's producer one by one.
+    outbox = Outbox(app.producer._ensure_producer, app.producer.partitioner)  # noqa: SLF001 - Faust's own accessor
+
+    async def process_and_send(events: Sequence[EventT]) -> tuple[list[Awaitable[Any]], list[Outcome]]:
+        # Under exactly_once each record joins the transaction of the input partition it comes from.
+        exactly_once = app.in_transaction
+        send = app.producer.send
+        process = runtime.processor.process
+        add = outbox.add
+        now = time.time()
+        deliveries = []
+        outcomes = []
+        for event in events:
+            message = event.message
+            outcome = process(message.key, message.value, message.topic, message.partition, message.offset, now)
+            if exactly_once:
+                target = dead_letter_name if outcome.kind is DEAD_LETTER else decisions_name
+                deliveries.append(await transactions.send(message.partition, target, outcome.key, outcome.value))
+            elif outcome.kind is DEAD_LETTER:
+                deliveries.append(await send(dead_letter_name, outcome.key, outcome.value, None, None, None))
+            else:
+                await add(decisions_name, outcome.key, outcome.value)
+            outcomes.append(outcome)
+        store = runtime.store
+        if store is not None:
+            if exactly_once:
+                deliveries.extend(await store.send_writes(transactions.send_to_own_partition))
+            else:
+                changelog = store.changelog_topic
+                for partition, key, value in store.take_writes():
+                    await add(changelog, key, value, partition)
+        if not exactly_once:
+            deliveries.extend(await outbox.flush())
+        return deliveries, outcomes
+
+    async def confirm(
+        stream: faust.StreamT, batch: Sequence[tuple[EventT, Any]], deliveries: list[Awaitable[Any]],
+        outcomes: list[Outcome], previous: asyncio.Future[None] | None, gate: TransactionGate | None,
+    ) -> None:
+        """Ack a batch once the broker has acknowledged all of its output, and after the batch before it."""
+        try:
+            if previous is not None:
+                await previous
+            await asyncio.gather(*deliveries)
+            delivered = time.monotonic()
+            for event, sensor_state in batch:
+                ack(stream, event, sensor_state)
+        except BaseException as exc:
+            if gate is not None:
+                gate.fail(exc)
+            raise
+        finally:
+            if gate is not None:
+                gate.leave()
+        record_metrics(runtime, [event for event, _ in batch], outcomes, delivered)
+
+    @app.agent(input_topic, name="decide")
+    async def decide(stream: faust.StreamT) -> None:
+        # While earlier batches wait for the broker's acknowledgement, the next is processed; each
+        # batch is acked after its own delivery and after the batch before it, never earlier. Waiting
+        # here for the previous batch instead cost ~30% of throughput: the producer sends while we
+        # compute. What bounds the batches awaiting delivery is the producer's accumulator (its
+        # send() waits when full) and the stream buffer the batches come from.
+        # Under exactly_once a batch holds the commit gate from its first send until it is acked.
+        gate = cast(Consumer, app.consumer).gate if app.in_transaction else None
+        in_flight: asyncio.Future[None] | None = None
+        try:
+            async for batch in event_batches(stream, batch_max):
+                if in_flight is not None and in_flight.done():
+                    in_flight.result()  # a failed delivery stops the agent before more is sent
+                if gate is not None:
+                    await gate.enter()
+                try:
+                    deliveries, outcomes = await process_and_send([event for event, _ in batch])
+                except BaseException as exc:
+                    outbox.discard()
+                    if gate is not None:
+                        gate.fail(exc)
+                        gate.leave()
+                    raise
+                in_flight = asyncio.ensure_future(confirm(stream, batch, deliveries, outcomes, in_flight, gate))
+        finally:
+            if in_flight is not None:
+                await in_flight
+
+    return decide
+
+
+def record_metrics(runtime: Runtime, events: Sequence[EventT], outcomes: Sequence[Outcome], delivered: float) -> None:
+    """Count per batch, not per event: one label lookup per distinct (decision, cluster) in the batch."""
+    metrics = runtime.metrics
+    decisions: Counter[tuple[str, str]] = Counter()
+    dead_letters: Counter[str] = Counter()
+    tombstones = 0
+    for event, outcome in zip(events, outcomes):
+        if outcome.kind is DECISION:
+            decisions[(outcome.decision or "", outcome.cluster or "none")] += 1
+        elif outcome.kind is TOMBSTONE:
+            tombstones += 1
+        else:
+            code = outcome.error_code or ""
+            dead_letters[code] += 1
+            message = event.message
+            log.warning(
+                "dead letter %s from %s[%d]@%d: %s",
+                code, message.topic, message.partition, message.offset, outcome.error_message,
+                extra={
+                    "event": "dead_letter", "code": code,
+                    "source": {"topic": message.topic, "partition": message.partition, "offset": message.offset},
+                },
+            )
+    for (decision, cluster), count in decisions.items():
+        metrics.decisions.labels(decision, cluster).inc(count)
+    for code, count in dead_letters.items():
+        metrics.dead_letters.labels(code).inc(count)
+    if tombstones:
+        metrics.tombstones.inc(tombstones)
+    metrics.latency.observe_many(
+        delivered - time_in for event in events if (time_in := event.message.time_in) is not None
+    )
+    metrics.batch_size.observe(len(events))

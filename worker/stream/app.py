@@ -1,0 +1,292 @@
+"""Builds the Faust app from settings: topics, the agent, metrics, health endpoints, and runs the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faust
+from aiohttp.web import Response
+from aiokafka.admin import AIOKafkaAdminClient
+from faust.sensors.prometheus import FaustMetrics
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from worker import __version__
+from worker.core import Policy, load_bundled_policy, load_policy_file
+from worker.kafka import backoff, buffer
+from worker.kafka.consumer import Transport
+from worker.kafka.monitor import PrometheusMonitor
+from worker.kafka.probe import BrokerProbe
+from worker.kafka.schema import RawSchema
+from worker.kafka.security import client_options, faust_credentials, scrub_logs
+from worker.kafka.topics import ensure_topics
+from worker.settings import Settings, SettingsError
+from worker.stream import health, memory
+from worker.stream.agent import register_agent
+from worker.stream.lifecycle import PolicyLifecycle
+from worker.stream.logs import logging_config
+from worker.stream.metrics import ComplianceMetrics, TopicPartitionOffsets
+from worker.stream.policy_source import PolicySource, ensure_policy_topic, replay
+from worker.stream.processing import DEAD_LETTER_MAX_BYTES, Processor
+from worker.stream.runtime import Runtime
+from worker.stream.state_store import TableStateStore
+
+log = logging.getLogger("worker")
+
+# Throughput knobs (docs/performance.md says what each trades).
+BATCH_MAX = 2000
+# Deep enough to cover the 1 s Faust sleeps when every partition is paused for buffer pressure.
+STREAM_BUFFER_MAX = 20_000
+# ...and in bytes (worker/kafka/buffer.py): 20,000 typical events are 8 MiB, under its pressure mark (80%: 12.8 MiB), so
+# it binds only for large messages. A backlog of 400 messages of 1 MB peaked at 767 MiB RSS without it, 382 MiB
+# with it, 138 MiB with worker/stream/memory.py too (a batch's inputs, their dead letters and the producer's copies).
+STREAM_BUFFER_MAX_BYTES = 16 * 1024 * 1024
+PRODUCER_BATCH_BYTES = 128 * 1024  # per partition
+
+
+def load_policy(settings: Settings) -> Policy:
+    return load_policy_file(settings.policy_file) if settings.policy_file else load_bundled_policy()
+
+
+def _consumer_offsets(app: faust.App, topic: str) -> TopicPartitionOffsets:
+    consumer = app.consumer
+    committed = consumer._committed_offset  # noqa: SLF001 - Faust keeps no public accessor
+    return {
+        (tp.topic, tp.partition): (consumer.highwater(tp), committed.get(tp))
+        for tp in consumer.assignment()
+        if tp.topic == topic
+    }
+
+
+def create_app(
+    settings: Settings, policy: Policy, registry: CollectorRegistry | None = None, *,
+    input_partitions: int | None = None, policy_offsets: dict[int, int] | None = None,
+    dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
+) -> faust.App:
+    """The Faust app with its topics, state table, agent, metrics and web views; nothing is started."""
+    registry = registry if registry is not None else CollectorRegistry()
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
+        broker_credentials=faust_credentials(settings),
+        processing_guarantee=settings.processing_guarantee,
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication_factor,
+        web_port=settings.worker_web_port,
+        web_bind=settings.worker_web_host,
+        web_host=settings.worker_web_host if settings.worker_web_host != "0.0.0.0" else "localhost",
+        web_in_thread=False,
+        datadir=Path(tempfile.gettempdir()) / f"compliance-worker-{settings.app_id}",
+        store="memory://",
+        autodiscover=False,
+        producer_acks=-1,
+        stream_buffer_maxsize=STREAM_BUFFER_MAX,
+        broker_max_poll_records=BATCH_MAX,
+        broker_commit_every=BATCH_MAX * 5,
+        broker_commit_interval=1.0,
+        producer_linger=0.005,
+        # aiokafka keeps one produce request in flight per broker, with one batch per partition, and send() waits
+        # while a partition's batch is full: with Faust's 16 KiB default the agent waited every ~35 records. 128 KiB:
+        # 86 -> 69 us of CPU per event, ~40% more events/s (docs/performance.md); 256 KiB was slower again.
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
+        consumer_auto_offset_reset="earliest",
+        producer_max_request_size=dead_letter_max_bytes,  # a dead letter is larger than its input (base64)
+    )
+    app.transport = Transport(app.conf.broker_consumer, app)
+    buffer.use_byte_bounded_buffers(app, STREAM_BUFFER_MAX_BYTES)
+    metrics = ComplianceMetrics.create(registry)
+    monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "faust"))
+    app.monitor = monitor
+    metrics.watch_consumer(lambda: _consumer_offsets(app, settings.input_topic))
+    metrics.set_policy(policy.version, policy.digest, time.time())
+
+    # Per-product decision state, co-partitioned with the input (same partition count), changelog-backed.
+    table = app.Table(
+        "decision-state", schema=RawSchema(key_serializer="raw", value_serializer="raw"),
+        partitions=input_partitions or settings.topic_partitions,
+    )
+    store = TableStateStore(table)
+    runtime = Runtime(settings, Processor(policy, store, dead_letter_max_bytes), metrics, store)
+    app.compliance = runtime  # type: ignore[attr-defined]
+
+    topic_options: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+    input_topic = app.topic(settings.input_topic, schema=RawSchema(), **topic_options)
+    decisions_topic = app.topic(settings.decisions_topic, **topic_options)
+    dead_letter_topic = app.topic(settings.dead_letter_topic, **topic_options)
+    register_agent(app, runtime, input_topic, decisions_topic, dead_letter_topic, BATCH_MAX)
+
+    lifecycle = PolicyLifecycle(app, runtime, store, settings.decisions_topic, settings.input_topic, policy_offsets)
+    app.task(lifecycle.follow_policies)
+    app.task(lifecycle.rescreen_forever)
+
+    @app.on_rebalance_complete.connect
+    async def rescreen_after_recovery(sender: faust.App, **kwargs: Any) -> None:
+        # Recovered state may have been decided under an older policy.
+        lifecycle.request_rescreen()
+
+    probe = BrokerProbe(app)
+
+    @app.page("/metrics")
+    async def metrics_page(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        monitor.sync()
+        return Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.page("/healthz")
+    async def healthz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        return web.json({
+            "status": "ok",
+            "version": __version__,
+            "uptime_seconds": round(time.time() - runtime.started_at, 3),
+            "policy_version": runtime.policy.version,
+        })
+
+    @app.page("/readyz")
+    async def readyz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        assigned = sorted(
+            tp.partition for tp in app.consumer.assignment() if tp.topic == settings.input_topic
+        )
+        broker = await probe.reachable()
+        rebalancing = bool(app.rebalancing)
+        reasons = health.readiness(assigned, broker, rebalancing)
+        ready = not reasons
+        body = {
+            "ready": ready,
+            "reasons": reasons,
+            "assigned_partitions": assigned,
+            "broker_reachable": broker,
+            "rebalancing": rebalancing,
+            "policy_version": runtime.policy.version,
+        }
+        return web.json(body, status=200 if ready else 503)
+
+    return app
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the worker learns before Faust starts."""
+
+    policy: Policy
+    policy_origin: str
+    input_partitions: int
+    policy_offsets: dict[int, int]  # where the policy topic was read to: following continues there
+    notes: list[tuple[int, str, dict[str, Any]]]  # log records to emit after the start line
+    dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES  # what the dead-letter topic accepts
+
+
+async def prepare(settings: Settings, fallback: Policy) -> Prepared:
+    """Create missing topics, and read the policy topic: the policy in force is what its documents make of the fallback."""
+    notes: list[tuple[int, str, dict[str, Any]]] = []
+    partitions, created, dead_letter_max_bytes = await ensure_topics(settings, DEAD_LETTER_MAX_BYTES)
+    if dead_letter_max_bytes < DEAD_LETTER_MAX_BYTES:
+        notes.append((
+            logging.WARNING,
+            f"topic {settings.dead_letter_topic} has max.message.bytes={dead_letter_max_bytes}: dead letters larger "
+            f"than that carry no payload (payload_omitted_bytes); set it to {DEAD_LETTER_MAX_BYTES} to keep every original",
+            {"event": "dead_letter_topic_misconfigured"},
+        ))
+    if created:
+        notes.append((logging.INFO, f"created topics {', '.join(created)}", {"event": "topics_created", "topics": created}))
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **client_options(settings))
+    await admin.start()
+    try:
+        created_policy_topic, warnings = await ensure_policy_topic(
+            admin, settings.policy_topic, settings.topic_replication_factor
+        )
+    finally:
+        await admin.close()
+    if created_policy_topic:
+        notes.append((logging.INFO, f"created policy topic {settings.policy_topic}", {"event": "topics_created"}))
+    notes.extend((logging.WARNING, warning, {"event": "policy_topic_misconfigured"}) for warning in warnings)
+    source = PolicySource(settings.bootstrap_servers, settings.policy_topic, client_options(settings))
+    try:
+        records = await source.start()
+    finally:
+        await source.stop()
+    policy, rejected = replay(records, fallback)
+    for record, reason in rejected:
+        where = f"{settings.policy_topic}[{record.partition}]@{record.offset}"
+        detail = record.error if reason == "invalid" else "reuses the version in force with different content"
+        notes.append((
+            logging.WARNING, f"ignoring policy document {where} ({reason}): {detail}",
+            {"event": "policy_ignored", "reason": reason, "source": where},
+        ))
+    if policy is not fallback:
+        origin = f"topic {settings.policy_topic}"
+    else:
+        origin = str(settings.policy_file) if settings.policy_file else "the bundled policy"
+    return Prepared(policy, origin, partitions[settings.input_topic], source.end_offsets, notes, dead_letter_max_bytes)
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Fail with one clear line, not Faust's traceback, when the web port is taken."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SettingsError(
+                f"WORKER_WEB_PORT={port}: cannot listen on {host}:{port} ({exc.strerror or exc})"
+            ) from None
+
+
+def run_worker(settings: Settings) -> int:
+    """`compliance-worker worker`: configure logging, log the start line, run until stopped."""
+    import logging.config
+
+    ensure_port_free(settings.worker_web_host, settings.worker_web_port)
+    backoff.install()  # before any client exists: an unreachable broker must not be retried in a busy loop
+    memory.keep_large_blocks_out_of_the_heap()  # large messages must not leave RSS high after they are gone
+    policy = load_policy(settings)  # a bad policy file stops here, before anything connects
+    client_options(settings)  # so do unusable certificate or key files
+    scrub_logs(settings)  # before any logging: secrets never reach a log line, whichever library writes it
+    logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
+    aiokafka_log = logging.getLogger("aiokafka")
+    # Its connection chatter must not come before the start line; an unreachable broker is reported by us.
+    level, aiokafka_log.level = aiokafka_log.level, logging.CRITICAL
+    try:
+        prepared = asyncio.run(prepare(settings, policy))
+    finally:
+        aiokafka_log.setLevel(level)
+    policy = prepared.policy
+    app = create_app(
+        settings, policy, input_partitions=prepared.input_partitions, policy_offsets=prepared.policy_offsets,
+        dead_letter_max_bytes=prepared.dead_letter_max_bytes,
+    )
+    log.info(
+        "compliance-worker %s starting: broker %s, input %s, decisions %s, dead letters %s, "
+        "policy %s (from %s), guarantee %s, web http://%s:%d (/metrics /healthz /readyz)",
+        __version__, settings.kafka_bootstrap_servers, settings.input_topic, settings.decisions_topic,
+        settings.dead_letter_topic, policy.version, prepared.policy_origin, settings.processing_guarantee,
+        settings.worker_web_host, settings.worker_web_port,
+        extra={"event": "starting", "settings": settings.describe(), "policy_version": policy.version},
+    )
+    for note_level, message, extra in prepared.notes:
+        log.log(note_level, message, extra=extra)
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level,
+        logging_config=logging_config(settings.log_level, settings.log_format),
+        quiet=True,
+        redirect_stdouts=False,
+        override_logging=True,
+        console_port=0,
+    )
+    app.compliance.metrics.gc_pauses.install()  # type: ignore[attr-defined]
+    # Everything built so far (modules, Faust, the policy index) lives as long as the process. Frozen, the
+    # collector's full passes skip it: each such pass stood the worker still for tens of milliseconds, the
+    # latency spikes of the benchmark (docs/performance.md, Latency).
+    gc.freeze()
+    worker.execute_from_commandline()  # exits the process with Faust's exit code
+    return 0

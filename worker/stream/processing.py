@@ -1,0 +1,147 @@
+"""One input message in, one output record out: decode, decide against the product's state, encode (no Kafka here)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, NamedTuple, Protocol
+
+import orjson
+
+from worker.core import InvalidEvent, Policy, decode_event
+from worker.core.clock import format_timestamp
+from worker.core.errors import ErrorCode
+from worker.core.fast import FastPath
+from worker.core.state import ProductState, decide
+
+DECISION = "decision"
+DEAD_LETTER = "dead_letter"
+TOMBSTONE = "tombstone"
+MAX_ERROR_MESSAGE = 1000
+_tuple_new = tuple.__new__  # a NamedTuple without its Python-level __new__, once per event
+# A dead letter carries the input's bytes base64-encoded (4/3 of them) and its key twice: as the record key and,
+# JSON-escaped (up to 6 bytes per byte), as source.key. For any message a topic with Kafka's default limit
+# (message.max.bytes, 1 MiB) accepts that is at most ~7.4 MB, so the worker creates the dead-letter topic with
+# this max.message.bytes (worker/kafka/topics.py) and sizes its producer's requests to match (worker/stream/app.py).
+DEAD_LETTER_MAX_BYTES = 8 * 1024 * 1024
+RECORD_OVERHEAD_BYTES = 1024  # record and batch headers around one record, generously
+
+
+class Outcome(NamedTuple):
+    """What to produce for one input message, and what to count."""
+
+    kind: str  # DECISION, DEAD_LETTER or TOMBSTONE
+    key: bytes | None
+    value: bytes | None
+    decision: str | None = None
+    cluster: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+def dead_letter_record(
+    raw: bytes | None, key: bytes | None, topic: str, partition: int, offset: int,
+    code: str, message: str, failed_at: str,
+) -> dict[str, Any]:
+    return {
+        "error": {"code": code, "message": message[:MAX_ERROR_MESSAGE]},
+        "source": {
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "key": None if key is None else key.decode("utf-8", "replace"),
+        },
+        "payload_base64": base64.b64encode(raw or b"").decode("ascii"),
+        "failed_at": failed_at,
+    }
+
+
+class StateStore(Protocol):
+    """Where per-product state lives: a Faust table in the worker, a dict in tests."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def put(self, key: bytes, value: bytes, partition: int) -> None: ...
+
+    def delete(self, key: bytes, partition: int) -> None: ...
+
+
+class MemoryStateStore(dict[bytes, bytes]):
+    """A StateStore in a dict, for tests and offline use."""
+
+    def put(self, key: bytes, value: bytes, partition: int) -> None:
+        self[key] = value
+
+    def delete(self, key: bytes, partition: int) -> None:
+        self.pop(key, None)
+
+
+class Processor:
+    """Turns input messages into decision, dead-letter or tombstone records under the policy in force."""
+
+    def __init__(
+        self, policy: Policy, state: StateStore | None = None, dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES
+    ) -> None:
+        self.policy = policy
+        self.state: StateStore = state if state is not None else MemoryStateStore()
+        self.dead_letter_max_bytes = dead_letter_max_bytes  # the dead-letter topic's max.message.bytes
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        # The policy topic swaps it while the worker runs; a fast path belongs to one policy.
+        self._policy = policy
+        self._fast = FastPath(policy)
+
+    def process(
+        self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int, now: float
+    ) -> Outcome:
+        """Never raises for bad input: anything that cannot be decided becomes a dead letter."""
+        if value is not None:
+            fast = self._fast.decide(value, self.state.get, topic, partition, offset, now, format_timestamp(now))
+            if fast is not None:  # the typical event, to the same bytes as below (worker/core/fast.py)
+                product_key, state, record, decision, cluster = fast
+                self.state.put(product_key, state, partition)
+                return _tuple_new(Outcome, (DECISION, product_key, record, decision, cluster, None, None))
+        if value is None:
+            if key is None:
+                return self._dead_letter(
+                    None, None, topic, partition, offset, now,
+                    ErrorCode.TOMBSTONE_WITHOUT_KEY, "a tombstone (null value) needs the product id as its key",
+                )
+            self.state.delete(key, partition)  # the product was removed: forget its decision
+            return Outcome(TOMBSTONE, key, None)
+        try:
+            event = decode_event(value)
+            product_key = event.product_id.encode()
+            stored = self.state.get(product_key)
+            previous = ProductState.decode(stored) if stored is not None else None
+            transition = decide(event, self.policy, previous, partition, now)
+        except InvalidEvent as exc:
+            return self._dead_letter(value, key, topic, partition, offset, now, exc.code, exc.message)
+        if transition.state is not None:
+            self.state.put(product_key, transition.state.encode(), partition)
+        decision = transition.decision
+        record = transition.record(format_timestamp(now), {"topic": topic, "partition": partition, "offset": offset})
+        return Outcome(DECISION, product_key, orjson.dumps(record), decision.decision, decision.cluster)
+
+    def _dead_letter(
+        self, raw: bytes | None, key: bytes | None, topic: str, partition: int, offset: int, now: float,
+        code: str, message: str,
+    ) -> Outcome:
+        record = dead_letter_record(raw, key, topic, partition, offset, code, message, format_timestamp(now))
+        value = orjson.dumps(record)
+        limit = self.dead_letter_max_bytes - RECORD_OVERHEAD_BYTES
+        if len(value) + len(key or b"") > limit:
+            # The broker would refuse it and the worker could not go on: send one that says what is missing
+            # and where the original is (source topic, partition, offset) instead.
+            record["payload_base64"] = ""
+            record["payload_omitted_bytes"] = len(raw or b"")
+            if record["source"]["key"] is not None:
+                record["source"]["key"] = record["source"]["key"][:MAX_ERROR_MESSAGE]
+            value = orjson.dumps(record)
+            if key is not None and len(key) + len(value) > limit:
+                key = None
+        return Outcome(DEAD_LETTER, key, value, error_code=code, error_message=message)
