@@ -154,8 +154,11 @@ class PolicyLifecycle:
         )
 
     async def _rescreen_chunk(self, keys: list[bytes], policy: Any, active: set[int]) -> tuple[int, int]:
+        """Re-screen one chunk; counted (compliance_rescreened_products_total) once its output is acknowledged, and
+        under exactly_once once it is committed, so a reader who sees the count sees the decisions too."""
         if not self.app.in_transaction:
             changed, unchanged, _ = await self._rescreen_chunk_sends(keys, policy, active, None)
+            self._count_rescreened(changed, unchanged)
             return changed, unchanged
         # Under exactly_once the chunk's decisions and state changes go into the transactions of their
         # partitions and are committed before live batches go on (they wait at the gate meanwhile).
@@ -167,7 +170,12 @@ class PolicyLifecycle:
             except BaseException as exc:
                 consumer.gate.fail(exc)  # half a chunk is in the open transactions: they must never commit
                 raise
+        self._count_rescreened(changed, unchanged)
         return changed, unchanged
+
+    def _count_rescreened(self, changed: int, unchanged: int) -> None:
+        self.runtime.metrics.rescreened.labels("changed").inc(changed)
+        self.runtime.metrics.rescreened.labels("unchanged").inc(unchanged)
 
     async def _rescreen_chunk_sends(
         self, keys: list[bytes], policy: Any, active: set[int], transactions: Transactions | None,
@@ -217,6 +225,4 @@ class PolicyLifecycle:
         # Its own changelog records, not the live batch's: those are sent and awaited with their batch.
         send = transactions.send_to_own_partition if transactions is not None else self.app.producer.send
         await asyncio.gather(*await self.store.send(changelog, send))
-        self.runtime.metrics.rescreened.labels("changed").inc(changed)
-        self.runtime.metrics.rescreened.labels("unchanged").inc(unchanged)
         return changed, unchanged, partitions
