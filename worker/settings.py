@@ -15,6 +15,7 @@ T = TypeVar("T")
 
 TOPIC_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 GUARANTEES = ("at_least_once", "exactly_once")
+ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
 LOG_FORMATS = ("auto", "json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -155,6 +156,7 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("POLICY_FILE", "policy_file", _optional_path, ""),
     ("POLICY_TOPIC", "policy_topic", _topic, "compliance.policies"),
     ("PROCESSING_GUARANTEE", "processing_guarantee", _choice(*GUARANTEES), "at_least_once"),
+    ("KAFKA_ISOLATION_LEVEL", "kafka_isolation_level", _choice(*ISOLATION_LEVELS), "read_committed"),
     ("WORKER_WEB_PORT", "worker_web_port", _port, "6066"),
     ("WORKER_WEB_HOST", "worker_web_host", _text, "0.0.0.0"),
     ("APP_ID", "app_id", _topic, "compliance-worker"),
@@ -187,6 +189,7 @@ class Settings:
     policy_file: Path | None
     policy_topic: str
     processing_guarantee: str
+    kafka_isolation_level: str
     worker_web_port: int
     worker_web_host: str
     app_id: str
@@ -213,6 +216,9 @@ class Settings:
             raise SettingsError(f"unknown setting {sorted(unknown)[0]!r}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         _resolve_security(values)
+        if values["processing_guarantee"] == "exactly_once" and values["kafka_isolation_level"] != "read_committed":
+            # Faust's exactly-once recovers its tables and commits on what read_committed shows: anything else breaks it.
+            raise SettingsError("KAFKA_ISOLATION_LEVEL='read_uncommitted' cannot be used with PROCESSING_GUARANTEE=exactly_once")
         return cls(**values)
 
     @property

@@ -192,8 +192,9 @@ def sections() -> list[tuple[str, list[dict[str, Any]]]]:
         ("Kafka consumer", [
             timeseries(
                 "Consumer lag per partition",
-                "High watermark minus committed offset of each input partition, as reported by the worker that "
-                "owns it. One partition far above the others points to a hot key or a stuck worker.",
+                "End offset (the last stable offset: an upstream's open transaction is not lag) minus committed "
+                "offset of each input partition, as reported by the worker that owns it. One partition far above "
+                "the others points to a hot key or a stuck worker.",
                 targets((f"max by (topic, partition) (compliance_consumer_lag{{{SEL}}})",
                          "{{topic}} [{{partition}}]")),
                 "short",

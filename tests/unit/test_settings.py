@@ -41,6 +41,7 @@ FIELD_OF = {
     "POLICY_FILE": "policy_file",
     "POLICY_TOPIC": "policy_topic",
     "PROCESSING_GUARANTEE": "processing_guarantee",
+    "KAFKA_ISOLATION_LEVEL": "kafka_isolation_level",
     "WORKER_WEB_PORT": "worker_web_port",
     "WORKER_WEB_HOST": "worker_web_host",
     "APP_ID": "app_id",
@@ -79,6 +80,8 @@ def test_every_setting_has_a_variable_and_the_table_lists_them_all() -> None:
         pytest.param("POLICY_TOPIC", "policies", "policies", id="policy-topic"),
         pytest.param("PROCESSING_GUARANTEE", "exactly_once", "exactly_once", id="exactly-once"),
         pytest.param("PROCESSING_GUARANTEE", " Exactly_Once ", "exactly_once", id="guarantee-case-and-space"),
+        pytest.param("KAFKA_ISOLATION_LEVEL", "read_uncommitted", "read_uncommitted", id="isolation-uncommitted"),
+        pytest.param("KAFKA_ISOLATION_LEVEL", " Read_Committed", "read_committed", id="isolation-case-and-space"),
         pytest.param("WORKER_WEB_PORT", "8080", 8080, id="web-port"),
         pytest.param("WORKER_WEB_PORT", "0", 0, id="web-port-zero-picks-free"),
         pytest.param("WORKER_WEB_PORT", "65535", 65535, id="web-port-max"),
@@ -105,6 +108,7 @@ def test_each_variable_is_read_from_the_mapping(variable: str, raw: str, expecte
     [
         pytest.param("PROCESSING_GUARANTEE", "once", "is not one of at_least_once, exactly_once", id="guarantee-once"),
         pytest.param("PROCESSING_GUARANTEE", "", "is not one of", id="guarantee-empty"),
+        pytest.param("KAFKA_ISOLATION_LEVEL", "committed", "is not one of read_committed, read_uncommitted", id="isolation-unknown"),
         pytest.param("WORKER_WEB_PORT", "abc", "is not a whole number", id="port-not-a-number"),
         pytest.param("WORKER_WEB_PORT", "70000", "is not a TCP port", id="port-too-big"),
         pytest.param("WORKER_WEB_PORT", "-1", "is not a TCP port", id="port-negative"),
@@ -170,3 +174,13 @@ def test_describe_is_plain_data() -> None:
     assert described["policy_file"] == "/p.yaml"
     assert described["worker_web_port"] == 6066
     assert set(described) == set(FIELD_OF.values())
+
+
+def test_the_input_is_read_committed_by_default() -> None:
+    assert Settings.from_env({}).kafka_isolation_level == "read_committed"
+
+
+def test_exactly_once_refuses_read_uncommitted_input() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"PROCESSING_GUARANTEE": "exactly_once", "KAFKA_ISOLATION_LEVEL": "read_uncommitted"})
+    assert "KAFKA_ISOLATION_LEVEL" in caught.value.message and "exactly_once" in caught.value.message

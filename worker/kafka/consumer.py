@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine, Generator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Mapping
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -12,6 +12,8 @@ from mode.services import WaitResults
 
 from worker.kafka import stable_offsets
 from worker.kafka.transactions import TransactionAborted, TransactionGate
+
+READ_COMMITTED = "read_committed"
 
 # Faust's consumer uses asyncio.Event for suspend_flow: its wait() coroutine marks the drain loop's call.
 _EVENT_WAIT_CODE = asyncio.Event.wait.__code__
@@ -79,12 +81,45 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     committed Faust has no read offset to notice the jump: those events would be
     skipped. Such a partition is reset the way ``auto_offset_reset`` says
     (earliest, here); changelog partitions are left to the table recovery.
+
+    Faust's driver reads ``read_committed`` only under exactly_once, so under
+    at_least_once the records of an upstream's aborted transaction were decided
+    and published. The isolation level is the transport's (KAFKA_ISOLATION_LEVEL,
+    read_committed by default), and under read_committed a partition's end is its
+    last stable offset (``highwater``), so an upstream's open transaction is not
+    counted as lag the worker could work off.
     """
 
     def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # noqa: SLF001 - read by AIOKafkaConsumer.start for its Fetcher
+        if not self.consumer.in_transaction:  # exactly_once is read_committed already
+            consumer._isolation_level = transport.isolation_level  # noqa: SLF001 - likewise
         return consumer
+
+    def consumed_positions(self, is_changelog: Callable[[TP], bool]) -> dict[TP, int]:
+        """aiokafka's position of each assigned stream partition: one past what its fetches returned or skipped.
+
+        Read on the event loop between two ``getmany`` calls, when the consumer
+        thread is not consuming (its background fetches do not move positions).
+        """
+        consumer = self._consumer
+        subscription = consumer._subscription.subscription if consumer is not None else None  # noqa: SLF001
+        assignment = subscription.assignment if subscription is not None else None
+        if assignment is None:
+            return {}
+        positions = {}
+        for tp in assignment.tps:
+            state = assignment.state_value(tp)
+            if state is not None and state.has_valid_position and not is_changelog(tp):
+                positions[tp] = state.position
+        return positions
+
+    def highwater(self, tp: TP) -> int:
+        if self.consumer.transport.isolation_level == READ_COMMITTED:
+            # None until fetched since the assignment: lag unknown, not 0 (exactly_once is read_committed).
+            return self._ensure_consumer().last_stable_offset(tp)
+        return super().highwater(tp)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         return await self.call_thread(self._seek_to_committed)
@@ -136,6 +171,8 @@ class Consumer(faust_aiokafka.Consumer):
         self._sought_generation: int | None = None  # the consumer generation of the last seek to committed
         # Per partition, the last offset handed to the streams since the flow last stopped (changelog ones unused).
         self._handed_over: dict[TP, int] = {}
+        # Per stream partition, aiokafka's position when everything it had returned was handed over (``getmany``).
+        self._consumed_to: dict[TP, int] = {}
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -143,6 +180,29 @@ class Consumer(faust_aiokafka.Consumer):
     def stop_flow(self) -> None:
         super().stop_flow()
         self._handed_over = {}  # the streams drop what they hold (agents.forget): it is fetched again
+        self._consumed_to = {}
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """Faust's next offset to commit, or past the control records after it once everything read is acked.
+
+        Faust commits one past the last acked record, and fills the offsets it
+        skipped between two records (``_add_gap``). A transactional upstream ends
+        each transaction with a marker, a control record that is never delivered:
+        after the last record before it the commit stayed one short, and the lag
+        showed 1 on every such partition until the next record came. aiokafka's
+        position is past the marker, so when the streams have acked every record
+        read from the partition, the commit goes to that position: everything
+        below it was either acked or never a record (markers, aborted records).
+        """
+        offset = super()._new_offset(tp)
+        consumed_to = self._consumed_to.get(tp)
+        if consumed_to is None:
+            return offset
+        reached = offset if offset is not None else self._committed_offset.get(tp)
+        read = self._read_offset.get(tp)
+        if reached is not None and read is not None and read + 1 == reached < consumed_to:
+            return consumed_to
+        return offset
 
     async def perform_seek(self) -> None:
         """Faust's seek to the committed offsets; while the flow runs, not back over records the streams already got.
@@ -156,6 +216,7 @@ class Consumer(faust_aiokafka.Consumer):
         the streams drop what they got, so the seek goes to the committed offset.
         """
         self._seeks_started += 1
+        self._consumed_to = {}
         generation = self.app.consumer_generation_id
         try:
             await super().perform_seek()
@@ -197,11 +258,16 @@ class Consumer(faust_aiokafka.Consumer):
 
         Changelog records always go on: no seek to the committed offsets moves
         their partitions, and a standby table that missed some would stay without them.
+
+        Each call starts once the drain loop has handed over everything the last
+        one returned, so aiokafka's positions then bound what was read
+        (``_new_offset``); they are kept only while nothing was dropped or sought.
         """
         started = self._seeks_started
         no_seek_under_way = self._seeks_done == started
         sought = self._sought_generation == self.app.consumer_generation_id
         fresh = no_seek_under_way and sought
+        self._consumed_to = self._thread.consumed_positions(self._is_changelog_tp) if fresh else {}
         handed_over = self._handed_over  # once the flow stops, this batch's hand-overs go to a dict nobody reads
         is_changelog = self._is_changelog_tp
         overlapped = unsought = 0
@@ -220,6 +286,8 @@ class Consumer(faust_aiokafka.Consumer):
                 yield tp, message
         finally:
             await batch.aclose()  # type: ignore[attr-defined]
+        if unsought or overlapped:
+            self._consumed_to = {}  # positions past records nobody read
         if unsought:
             self.log.info("Held back %d stream records fetched before this generation's seek to committed", unsought)
         if overlapped:
@@ -312,6 +380,10 @@ class Consumer(faust_aiokafka.Consumer):
 
 
 class Transport(faust_aiokafka.Transport):
-    """Faust's aiokafka transport with the consumer above."""
+    """Faust's aiokafka transport with the consumer above, reading its input at ``isolation_level``."""
 
     Consumer = Consumer
+
+    def __init__(self, *args: Any, isolation_level: str = READ_COMMITTED, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.isolation_level = isolation_level

@@ -101,7 +101,7 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         producer_max_request_size=dead_letter_max_bytes,  # a dead letter is larger than its input (base64)
     )
-    app.transport = Transport(app.conf.broker_consumer, app)
+    app.transport = Transport(app.conf.broker_consumer, app, isolation_level=settings.kafka_isolation_level)
     buffer.use_byte_bounded_buffers(app, STREAM_BUFFER_MAX_BYTES)
     metrics = ComplianceMetrics.create(registry)
     monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "faust"))

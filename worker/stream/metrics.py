@@ -30,11 +30,11 @@ class ConsumerLagCollector(Collector):
     def collect(self) -> Iterable[GaugeMetricFamily]:
         lag = GaugeMetricFamily(
             "compliance_consumer_lag",
-            "Messages in the partition not yet committed by this worker (high watermark - committed offset)",
+            "Messages in the partition not yet committed by this worker (end offset - committed offset)",
             labels=["topic", "partition"],
         )
         end = GaugeMetricFamily(
-            "compliance_consumer_end_offset", "High watermark of each assigned input partition",
+            "compliance_consumer_end_offset", "End of each assigned input partition: its last stable offset when read read_committed (the default), else its high watermark",
             labels=["topic", "partition"],
         )
         try:

@@ -260,6 +260,9 @@ class Committed:
     def highwater(self, tp: TP) -> int:
         return 1_000
 
+    def last_stable_offset(self, tp: TP) -> int:
+        return 1_000
+
     async def position(self, tp: TP) -> int:
         return next(offset for sought, offset in reversed(self.sought) if sought == tp)  # type: ignore[return-value]
 
@@ -451,3 +454,96 @@ def test_the_consumer_thread_asks_brokers_to_hold_a_fetch_for_100_ms_not_faust_s
     assert ours == FETCH_MAX_WAIT_MS == 100
     # ... in the attribute AIOKafkaConsumer.start hands to its Fetcher (this fails if aiokafka renames it)
     assert plain == 123
+
+
+def make_consumer_with(isolation_level: str, in_transaction: bool = False) -> Iterator[Consumer]:
+    for consumer in make_consumer(in_transaction=in_transaction):
+        consumer.transport.isolation_level = isolation_level
+        yield consumer
+
+
+@pytest.mark.parametrize(("isolation_level", "in_transaction", "expected"), [
+    ("read_committed", False, "read_committed"),
+    ("read_uncommitted", False, "read_uncommitted"),
+    ("read_committed", True, "read_committed"),
+], ids=["at-least-once-default", "at-least-once-uncommitted", "exactly-once"])
+def test_the_input_is_read_at_the_configured_isolation_level(isolation_level: str, in_transaction: bool, expected: str) -> None:
+    for consumer in make_consumer_with(isolation_level, in_transaction):
+        async def made() -> str:
+            aiokafka_consumer = consumer._thread._create_worker_consumer(consumer.transport)
+            try:
+                return aiokafka_consumer._isolation_level
+            finally:
+                await aiokafka_consumer.stop()
+
+        assert run(consumer, made()) == expected
+
+
+def test_fausts_own_driver_reads_uncommitted_records_under_at_least_once(consumer: Consumer) -> None:
+    """Also asserted, so the override can go when Faust reads read_committed by itself."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    async def made() -> str:
+        aiokafka_consumer = AIOKafkaConsumerThread._create_worker_consumer(consumer._thread, consumer.transport)
+        try:
+            return aiokafka_consumer._isolation_level
+        finally:
+            await aiokafka_consumer.stop()
+
+    assert run(consumer, made()) == "read_uncommitted"
+
+
+class Stable(Committed):
+    """A partition with an upstream's transaction open: its last stable offset is behind its high watermark."""
+
+    def highwater(self, tp: TP) -> int:
+        return 1_000
+
+    def last_stable_offset(self, tp: TP) -> int:
+        return 900
+
+
+@pytest.mark.parametrize(("isolation_level", "end"), [("read_committed", 900), ("read_uncommitted", 1_000)])
+def test_the_end_of_a_partition_read_committed_is_its_last_stable_offset(isolation_level: str, end: int) -> None:
+    for consumer in make_consumer_with(isolation_level):
+        on_this_thread(consumer, Stable({INPUT: 0}))  # type: ignore[arg-type]
+        assert consumer.highwater(INPUT) == end
+
+
+def acked(consumer: Consumer, offsets: range, read: int, consumed_to: int | None) -> None:
+    """INPUT with ``offsets`` acked, ``read`` the last offset handed to the streams, aiokafka at ``consumed_to``."""
+    consumer._acked[INPUT] = list(offsets)
+    consumer._acked_index[INPUT] = set(offsets)
+    consumer._read_offset[INPUT] = read
+    consumer._consumed_to = {} if consumed_to is None else {INPUT: consumed_to}
+
+
+def test_fausts_own_commit_stops_before_a_trailing_transaction_marker(consumer: Consumer) -> None:
+    """Also asserted, so the override can go when Faust commits past control records itself."""
+    from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
+
+    acked(consumer, range(100, 105), read=104, consumed_to=106)  # 105: the marker of the upstream's transaction
+    assert FaustConsumer._new_offset(consumer, INPUT) == 105
+
+
+@pytest.mark.parametrize(("read", "consumed_to", "expected"), [
+    (104, 106, 106),  # everything read is acked: past the marker
+    (105, 106, 105),  # offset 105 was read and is not acked yet: it stays to be committed
+    (104, 105, 105),  # nothing skipped
+    (104, None, 105),  # no positions (a seek, a dropped fetch, a stopped flow since)
+], ids=["past-the-marker", "a-record-in-flight", "nothing-skipped", "positions-unknown"])
+def test_the_commit_goes_past_control_records_only_when_everything_read_is_acked(
+    consumer: Consumer, read: int, consumed_to: int | None, expected: int,
+) -> None:
+    acked(consumer, range(100, 105), read=read, consumed_to=consumed_to)
+    assert consumer._new_offset(INPUT) == expected
+
+
+def test_positions_are_forgotten_when_the_flow_stops_or_a_seek_starts(consumer: Consumer) -> None:
+    consumer._consumed_to = {INPUT: 106}
+    consumer.stop_flow()
+    assert consumer._consumed_to == {}
+    streaming(consumer, committed=100)
+    consumer._consumed_to = {INPUT: 106}
+    run(consumer, consumer.perform_seek())
+    assert consumer._consumed_to == {}
