@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
 import io
 import itertools
 import os
@@ -49,8 +50,9 @@ from bench.procs import Proc
 from bench.compat import MemoryStateStore, Processor, generate
 from worker.core import load_bundled_policy
 
-BENCHES = ("core", "raw_aiokafka", "naive_faust", "worker", "latency", "scale", "rss", "latency_raw")
-DEFAULT_BENCHES = ("core", "raw_aiokafka", "naive_faust", "worker", "latency", "scale", "rss")
+BENCHES = ("core", "raw_aiokafka", "naive_faust", "worker", "latency", "scale", "rss", "compression", "latency_raw")
+DEFAULT_BENCHES = ("core", "raw_aiokafka", "naive_faust", "worker", "latency", "scale", "rss", "compression")
+COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")  # KAFKA_COMPRESSION_TYPE
 BROKER_BENCHES = set(BENCHES) - {"core"}
 # One input partition count for raw_aiokafka, naive_faust, worker, latency and rss (--partitions): the worker's
 # own TOPIC_PARTITIONS default, all owned by the one consumer. Outputs use it too. scale uses 2 input partitions.
@@ -292,8 +294,9 @@ async def read_outputs(kafka: Kafka, topics: Topics, input_ts: dict[int, array[i
 
 class BrokerBenches:
     def __init__(self, args: argparse.Namespace, kafka: Kafka, events: list[tuple[bytes, bytes]], run_id: str,
-                 log_dir: Path, broker_pid: int | None) -> None:
+                 log_dir: Path, broker_pid: int | None, broker_data: Path | None = None) -> None:
         self.broker_pid = broker_pid
+        self.broker_data = broker_data  # the bench broker's log directories (None with --bootstrap)
         self.args = args
         self.kafka = kafka
         self.events = events
@@ -391,6 +394,41 @@ class BrokerBenches:
         return await self.throughput("worker", lambda topics: procs.worker(
             self.bootstrap, topics, f"bench-{self.run_id}-worker", self.log_dir / "worker.log",
         ))
+
+    async def compression(self) -> dict[str, Any]:
+        """The worker under each KAFKA_COMPRESSION_TYPE on the same input: events/s, CPU per event, bytes stored.
+
+        Bytes are the decisions, dead-letter and changelog topics' log segments on the bench broker's disk: the
+        batches as the worker's producer compressed them, so what crossed the wire (and what replicas copy).
+        """
+        if self.broker_data is None:
+            raise HarnessError("compression: needs the bench's own broker (its log directories), not --bootstrap")
+        codecs = {}
+        for codec in COMPRESSION_TYPES:
+            name = f"compression_{codec}"
+            app_id = f"bench-{self.run_id}-{name}"
+            used: list[Topics] = []
+
+            def make(topics: Topics, app_id: str = app_id, name: str = name, codec: str = codec) -> Proc:
+                used.append(topics)
+                return procs.worker(self.bootstrap, topics, app_id, self.log_dir / f"{name}.log",
+                                    KAFKA_COMPRESSION_TYPE=codec)
+
+            line = await self.throughput(name, make)
+            outputs = (used[0].decisions, used[0].dead_letter, f"{app_id}-decision-state-changelog")
+            stored = sum(p.stat().st_size for t in outputs for p in self.broker_data.glob(f"{glob.escape(t)}-*/*.log"))
+            codecs[codec] = {
+                "events_per_s": line["events_per_s"],
+                "cpu_us_per_event": round(line["cpu_s"] / line["events"] * 1e6, 1) if line["events"] else None,
+                "output_bytes_per_event": round(stored / line["events"], 1) if line["events"] else None,
+                "missing": line["missing"], "duplicates": line["duplicates"], "exit_code": line["exit_code"],
+            }
+            say(f"{name}: {codecs[codec]}")
+        base = codecs["none"]
+        for figures in codecs.values():
+            figures["bytes_vs_none"] = round(figures["output_bytes_per_event"] / base["output_bytes_per_event"], 3)
+            figures["cpu_vs_none"] = round(figures["cpu_us_per_event"] / base["cpu_us_per_event"], 3)
+        return {"bench": "compression", "events": len(self.events), "codecs": codecs}
 
     async def latency(self) -> dict[str, Any]:
         return await self._latency("latency", lambda topics: procs.worker(
@@ -757,11 +795,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def run_broker_benches(args: argparse.Namespace, bootstrap: str, broker_pid: int | None,
-                             events: list[tuple[bytes, bytes]], run_id: str, log_dir: Path, results: Results) -> None:
+                             events: list[tuple[bytes, bytes]], run_id: str, log_dir: Path, results: Results,
+                             broker_data: Path | None = None) -> None:
     kafka = Kafka(bootstrap)
     await kafka.start()
     try:
-        benches = BrokerBenches(args, kafka, events, run_id, log_dir, broker_pid)
+        benches = BrokerBenches(args, kafka, events, run_id, log_dir, broker_pid, broker_data)
         for name in args.benches:
             if name not in BROKER_BENCHES:
                 continue
@@ -808,7 +847,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(broker.start())
                 bootstrap = broker.bootstrap
             broker_pid = broker.pid if broker is not None else None
-            asyncio.run(run_broker_benches(args, bootstrap, broker_pid, events, run_id, log_dir, results))
+            broker_data = broker.home / "data" if broker is not None else None
+            asyncio.run(run_broker_benches(args, bootstrap, broker_pid, events, run_id, log_dir, results, broker_data))
     except HarnessError as exc:
         results.error("harness", exc)
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ T = TypeVar("T")
 TOPIC_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 GUARANTEES = ("at_least_once", "exactly_once")
 ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
+COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
 LOG_FORMATS = ("auto", "json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -106,6 +107,14 @@ def _flag(value: str) -> bool:
     raise ValueError("is not true or false")
 
 
+def _header_names(value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
+    for name in names:
+        if not name.isprintable() or " " in name:
+            raise ValueError(f"header name {name!r} has spaces or control characters")
+    return names
+
+
 def _optional_path(value: str) -> Path | None:
     return Path(value) if value.strip() else None
 
@@ -157,6 +166,8 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("POLICY_TOPIC", "policy_topic", _topic, "compliance.policies"),
     ("PROCESSING_GUARANTEE", "processing_guarantee", _choice(*GUARANTEES), "at_least_once"),
     ("KAFKA_ISOLATION_LEVEL", "kafka_isolation_level", _choice(*ISOLATION_LEVELS), "read_committed"),
+    ("KAFKA_COMPRESSION_TYPE", "kafka_compression_type", _choice(*COMPRESSION_TYPES), "zstd"),
+    ("FORWARD_HEADERS", "forward_headers", _header_names, ""),
     ("WORKER_WEB_PORT", "worker_web_port", _port, "6066"),
     ("WORKER_WEB_HOST", "worker_web_host", _text, "0.0.0.0"),
     ("APP_ID", "app_id", _topic, "compliance-worker"),
@@ -190,6 +201,8 @@ class Settings:
     policy_topic: str
     processing_guarantee: str
     kafka_isolation_level: str
+    kafka_compression_type: str
+    forward_headers: tuple[str, ...]  # besides traceparent and tracestate, which are always copied
     worker_web_port: int
     worker_web_host: str
     app_id: str

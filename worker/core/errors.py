@@ -14,6 +14,7 @@ class ErrorCode(StrEnum):
     NOT_AN_OBJECT = "NOT_AN_OBJECT"
     SCHEMA_VIOLATION = "SCHEMA_VIOLATION"
     TOMBSTONE_WITHOUT_KEY = "TOMBSTONE_WITHOUT_KEY"
+    KEY_MISMATCH = "KEY_MISMATCH"  # the message's key is not its product.id (or it has none)
     # Valid events that the policy in force cannot decide (the minimum-price rule):
     PRICE_REQUIRED = "PRICE_REQUIRED"
     NO_EXCHANGE_RATE = "NO_EXCHANGE_RATE"

@@ -9,6 +9,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
+NO_HEADERS: list[tuple[str, bytes]] = []  # never mutated: what BatchBuilder.append takes for none
 PARTITION_CACHE_SIZE = 65_536  # keys whose partition is remembered, per topic
 
 
@@ -38,18 +39,22 @@ class Outbox:
         self._partitions: dict[str, tuple[list[int], dict[bytes, int]]] = {}
         self._checked: set[str] = set()  # topics whose partitions were looked up for this batch
 
-    async def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+    async def add(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+        headers: list[tuple[str, bytes | None]] | None = None,
+    ) -> None:
         if partition is None:
             partition = await self._partition_of(topic, key)
         builders = self._builders
         builder = builders.get((topic, partition))
         if builder is None:
             builder = builders[(topic, partition)] = self._producer().create_batch()
-        if builder.append(timestamp=None, key=key, value=value) is not None:
+        headers = headers or NO_HEADERS
+        if builder.append(timestamp=None, key=key, value=value, headers=headers) is not None:
             return
         await self._send(topic, partition, builder)
         builder = builders[(topic, partition)] = self._producer().create_batch()
-        if builder.append(timestamp=None, key=key, value=value) is None:  # pragma: no cover - aiokafka always takes one
+        if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:  # pragma: no cover
             raise AssertionError("an empty aiokafka batch refused a record")
 
     async def flush(self) -> list[asyncio.Future[Any]]:

@@ -91,10 +91,11 @@ class Transactions:
         return transactional_id
 
     async def send(
-        self, source_partition: int, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None
+        self, source_partition: int, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+        headers: list[tuple[str, bytes | None]] | None = None,
     ) -> Awaitable[RecordMetadata]:
         return await self.app.producer.send(
-            topic, key, value, partition, None, None, transactional_id=self.transactional_id(source_partition)
+            topic, key, value, partition, None, headers, transactional_id=self.transactional_id(source_partition)
         )
 
     async def send_to_own_partition(

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import faust
@@ -20,6 +20,7 @@ from worker.stream.processing import DEAD_LETTER, DECISION, TOMBSTONE, Outcome
 from worker.stream.runtime import Runtime
 
 log = logging.getLogger("worker.agents")
+TRACE_CONTEXT_HEADERS = ("traceparent", "tracestate")  # https://www.w3.org/TR/trace-context/
 
 
 def register_agent(
@@ -34,6 +35,8 @@ def register_agent(
     # letters (rare, up to 8 MiB) and everything under exactly_once go through Faust's producer one by one.
     outbox = Outbox(app.producer._ensure_producer, app.producer.partitioner)  # noqa: SLF001 - Faust's own accessor
 
+    forwarded = header_filter(runtime.settings.forward_headers)
+
     async def process_and_send(events: Sequence[EventT]) -> tuple[list[Awaitable[Any]], list[Outcome]]:
         # Under exactly_once each record joins the transaction of the input partition it comes from.
         exactly_once = app.in_transaction
@@ -46,13 +49,18 @@ def register_agent(
         for event in events:
             message = event.message
             outcome = process(message.key, message.value, message.topic, message.partition, message.offset, now)
+            headers = message.headers
+            if headers:  # a dead letter keeps them all, for an exact replay; a decision carries the forwarded ones
+                headers = list(headers) if outcome.kind is DEAD_LETTER else forwarded(headers)
             if exactly_once:
                 target = dead_letter_name if outcome.kind is DEAD_LETTER else decisions_name
-                deliveries.append(await transactions.send(message.partition, target, outcome.key, outcome.value))
+                deliveries.append(
+                    await transactions.send(message.partition, target, outcome.key, outcome.value, headers=headers)
+                )
             elif outcome.kind is DEAD_LETTER:
-                deliveries.append(await send(dead_letter_name, outcome.key, outcome.value, None, None, None))
+                deliveries.append(await send(dead_letter_name, outcome.key, outcome.value, None, None, headers))
             else:
-                await add(decisions_name, outcome.key, outcome.value)
+                await add(decisions_name, outcome.key, outcome.value, headers=headers)
             outcomes.append(outcome)
         store = runtime.store
         if store is not None:
@@ -117,6 +125,16 @@ def register_agent(
                 await in_flight
 
     return decide
+
+
+def header_filter(names: Sequence[str]) -> Callable[[Sequence[tuple[str, bytes | None]]], list[Any] | None]:
+    """The input headers a decision carries: W3C trace context and the ``FORWARD_HEADERS``, names matched in any case."""
+    wanted = frozenset(name.lower() for name in (*TRACE_CONTEXT_HEADERS, *names))
+
+    def forwarded(headers: Sequence[tuple[str, bytes | None]]) -> list[Any] | None:
+        return [(name, value) for name, value in headers if name.lower() in wanted] or None
+
+    return forwarded
 
 
 def record_metrics(runtime: Runtime, events: Sequence[EventT], outcomes: Sequence[Outcome], delivered: float) -> None:

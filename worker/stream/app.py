@@ -89,6 +89,8 @@ def create_app(
         store="memory://",
         autodiscover=False,
         producer_acks=-1,
+        # Decisions, dead letters and the state changelog alike: one producer, and the outbox builds its batches from it.
+        producer_compression_type=None if settings.kafka_compression_type == "none" else settings.kafka_compression_type,
         stream_buffer_maxsize=STREAM_BUFFER_MAX,
         broker_max_poll_records=BATCH_MAX,
         broker_commit_every=BATCH_MAX * 5,

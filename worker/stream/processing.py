@@ -55,6 +55,10 @@ def dead_letter_record(
     }
 
 
+def _quoted(text: str) -> str:
+    return orjson.dumps(text[:100]).decode()
+
+
 class StateStore(Protocol):
     """Where per-product state lives: a Faust table in the worker, a dict in tests."""
 
@@ -103,6 +107,8 @@ class Processor:
             fast = self._fast.decide(value, self.state.get, topic, partition, offset, now, format_timestamp(now))
             if fast is not None:  # the typical event, to the same bytes as below (worker/core/fast.py)
                 product_key, state, record, decision, cluster = fast
+                if key != product_key:
+                    return self._key_mismatch(value, key, product_key, topic, partition, offset, now)
                 self.state.put(product_key, state, partition)
                 return _tuple_new(Outcome, (DECISION, product_key, record, decision, cluster, None, None))
         if value is None:
@@ -116,6 +122,8 @@ class Processor:
         try:
             event = decode_event(value)
             product_key = event.product_id.encode()
+            if key != product_key:
+                return self._key_mismatch(value, key, product_key, topic, partition, offset, now)
             stored = self.state.get(product_key)
             previous = ProductState.decode(stored) if stored is not None else None
             transition = decide(event, self.policy, previous, partition, now)
@@ -126,6 +134,18 @@ class Processor:
         decision = transition.decision
         record = transition.record(format_timestamp(now), {"topic": topic, "partition": partition, "offset": offset})
         return Outcome(DECISION, product_key, orjson.dumps(record), decision.decision, decision.cluster)
+
+    def _key_mismatch(
+        self, raw: bytes, key: bytes | None, product_key: bytes, topic: str, partition: int, offset: int, now: float
+    ) -> Outcome:
+        # The product's state lives on the partition its key puts it on: decided under another key, one product's
+        # state would be split across partitions (and workers), so its order, `changed` and STALE_VERSION go wrong.
+        product_id = product_key.decode()
+        if key is None:
+            message = f"the message has no key; its key must be its product.id {_quoted(product_id)}"
+        else:
+            message = f"the key {_quoted(key.decode('utf-8', 'replace'))} is not the product.id {_quoted(product_id)}"
+        return self._dead_letter(raw, key, topic, partition, offset, now, ErrorCode.KEY_MISMATCH, message)
 
     def _dead_letter(
         self, raw: bytes | None, key: bytes | None, topic: str, partition: int, offset: int, now: float,

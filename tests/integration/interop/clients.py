@@ -8,6 +8,7 @@ import re
 import subprocess
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 from pathlib import Path
 
 import orjson
@@ -30,6 +31,18 @@ def kcat_produce(bootstrap: str, topic: str, messages: Sequence[tuple[str, str]]
     )
 
 
+def kcat_send(bootstrap: str, topic: str, key: str | None, value: str, headers: dict[str, str] | None = None) -> None:
+    """One message through ``kcat -P``; a None key is a null key (``-K`` is then not given)."""
+    kcat = require_binary("kcat", "Debian package kcat; make test installs it")
+    args = [kcat, "-P", "-b", bootstrap, "-t", topic, "-X", "acks=all"]
+    for name, header in (headers or {}).items():
+        args += ["-H", f"{name}={header}"]
+    line = value if key is None else f"{key}\t{value}"
+    if key is not None:
+        args += ["-K", "\t"]
+    subprocess.run(args, input=line + "\n", text=True, check=True, timeout=60, capture_output=True)
+
+
 def kcat_read(bootstrap: str, topic: str, until: int, timeout: float = 60.0) -> list[dict]:
     """The whole topic as kcat's JSON envelopes (key, payload, partition, offset), once it holds ``until`` messages."""
     kcat = require_binary("kcat", "Debian package kcat; make test installs it")
@@ -50,14 +63,16 @@ def java() -> str:
     return str(Path(home) / "bin" / "java") if home else require_binary("java", "Java 17+, which the broker needs too")
 
 
-def java_tool(main_class: str, *args: str, stdin: str | None = None, timeout: float = 120.0) -> str:
+def java_tool(
+    main_class: str, *args: str, stdin: str | None = None, timeout: float = 120.0, ok_exit_codes: tuple[int, ...] = (0,),
+) -> str:
     """Run one of Kafka's own Java tools (the broker's version) and return what it printed; fail with its output."""
     assert any(JAVA_LIBS.glob("kafka-tools-*.jar")), f"no kafka-tools jar in {JAVA_LIBS} (scripts/kafka.sh fetches it)"
     result = subprocess.run(
         [java(), "-cp", f"{JAVA_LIBS}/*", "-Dlog4j2.level=WARN", main_class, *args],
         input=stdin, capture_output=True, text=True, timeout=timeout,
     )
-    assert result.returncode == 0, f"{main_class} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode in ok_exit_codes, f"{main_class} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
 
 
@@ -85,3 +100,88 @@ def broker_data_dir(bootstrap: str) -> Path:
     data = ROOT / ".cache" / "kafka" / f"test-node-{port}" / "data"
     assert data.is_dir(), data
     return data
+
+
+class Read(NamedTuple):
+    """One record as a downstream reader printed it: key, value and headers as text (None for null)."""
+
+    key: str | None
+    value: str | None
+    headers: tuple[tuple[str, str], ...]
+
+
+def kcat_consume(bootstrap: str, topic: str, isolation_level: str) -> list[Read]:
+    """The whole topic through ``kcat -C`` (librdkafka) under ``isolation_level``, to its end now."""
+    kcat = require_binary("kcat", "Debian package kcat; make test installs it")
+    result = subprocess.run(
+        [kcat, "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-J", "-q",
+         "-X", f"isolation.level={isolation_level}"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )
+    reads = []
+    for line in result.stdout.splitlines():
+        if line.strip():
+            envelope = orjson.loads(line)
+            flat = envelope.get("headers") or []
+            reads.append(Read(envelope["key"], envelope["payload"], tuple(zip(flat[::2], flat[1::2]))))
+    return reads
+
+
+def java_console_consume(bootstrap: str, topic: str, isolation_level: str, expected: int) -> list[Read]:
+    """The topic through Kafka's own console consumer (kafka-tools, the broker's version), key and headers printed.
+
+    It has no "stop at the end" option: it stops after ``expected`` records, or after 15 s without one (so a
+    reader that sees fewer returns what it saw and the caller's assertion says what is missing).
+    """
+    out = java_tool(
+        "org.apache.kafka.tools.consumer.ConsoleConsumer", "--bootstrap-server", bootstrap, "--topic", topic,
+        "--from-beginning", "--isolation-level", isolation_level, "--max-messages", str(expected),
+        "--timeout-ms", "15000", "--property", "print.key=true", "--property", "print.headers=true",
+        "--property", "key.separator=\t", "--property", "null.literal=\x01null\x01",
+        ok_exit_codes=(0, 1),  # 1: the timeout ended it ("TimeoutException"), which is how it stops when idle
+    )
+    reads = []
+    for line in out.splitlines():
+        if not line:
+            continue
+        headers, key, value = line.split("\t", 2)
+        pairs = () if headers == "NO_HEADERS" else tuple(
+            tuple(pair.split(":", 1)) for pair in headers.split(",")  # type: ignore[misc]  # its default separators
+        )
+        reads.append(Read(None if key == "\x01null\x01" else key, None if value == "\x01null\x01" else value, pairs))
+    return reads
+
+
+def confluent_consume(bootstrap: str, topic: str, isolation_level: str, timeout: float = 60.0) -> list[Read]:
+    """The whole topic through confluent-kafka's Python consumer (librdkafka), to each partition's end now."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"reader-{time.monotonic_ns()}", "enable.auto.commit": False,
+        "isolation.level": isolation_level, "enable.partition.eof": True,
+    })
+    try:
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        at_end: set[int] = set()
+        reads = []
+        deadline = time.monotonic() + timeout
+        while len(at_end) < len(partitions):
+            assert time.monotonic() < deadline, f"confluent-kafka did not reach the end of {topic}"
+            message = consumer.poll(1.0)
+            if message is None:
+                continue
+            error = message.error()
+            if error is not None:
+                assert error.code() == KafkaError._PARTITION_EOF, error  # noqa: SLF001 - confluent-kafka's own name
+                at_end.add(message.partition())
+                continue
+            at_end.discard(message.partition())
+            key, value = message.key(), message.value()
+            reads.append(Read(
+                None if key is None else key.decode(), None if value is None else value.decode(),
+                tuple((name, (header or b"").decode()) for name, header in (message.headers() or [])),
+            ))
+        return reads
+    finally:
+        consumer.close()

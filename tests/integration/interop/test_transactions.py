@@ -3,7 +3,6 @@ events are never decided, committed ones are, and an open transaction neither st
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from pathlib import Path
@@ -15,6 +14,7 @@ from confluent_kafka import Producer
 from tests.integration.conftest import WorkerProcess
 from tests.integration.interop.clients import kcat_produce, kcat_read
 from tests.integration.interop.test_codecs import upserts
+from tests.integration.prometheus import sample
 
 
 def transactional_producer(bootstrap: str) -> Producer:
@@ -39,15 +39,6 @@ def send_in_transaction(producer: Producer, topic: str, messages: list[tuple[str
 def decided_event_ids(worker: WorkerProcess, until: int) -> set[str]:
     envelopes = kcat_read(worker.bootstrap, worker.decisions_topic, until, timeout=30)
     return {orjson.loads(envelope["payload"])["event_id"] for envelope in envelopes}
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """One sample of Prometheus text; a missing series fails (it must never read as 0)."""
-    wanted = sorted(f'{key}="{value}"' for key, value in labels.items())
-    for found, value in re.findall(rf"^{re.escape(name)}\{{(.*)\}} (\S+)$", text, re.MULTILINE):
-        if sorted(part for part in found.split(",") if part) == wanted:
-            return float(value)
-    raise AssertionError(f"no {name}{labels} on /metrics")
 
 
 def valid_ids(messages: list[tuple[str, str]]) -> set[str]:

@@ -100,7 +100,7 @@ class CommittedOutputs(NamedTuple):
         assert max(self.per_source.values()) == 1, "an input offset with more than one committed output"
 
 
-def kill_inside_open_transaction(worker: WorkerProcess, cluster: KafkaCluster, outputs: list[str]) -> None:
+def kill_inside_open_transaction(worker: WorkerProcess, bootstrap: str, outputs: list[str], events: int = EVENTS) -> None:
     """SIGKILL the worker while one of its transactions holds output records, so that the restart must abort it.
 
     A kill landing between a commit and the next batch's first record leaves nothing to abort (it happened in
@@ -110,15 +110,15 @@ def kill_inside_open_transaction(worker: WorkerProcess, cluster: KafkaCluster, o
     assert worker.process is not None
     for attempt in range(1, 6):
         worker.process.send_signal(signal.SIGSTOP)
-        previous, open_records = -1, uncommitted_records(cluster.bootstrap, outputs)
+        previous, open_records = -1, uncommitted_records(bootstrap, outputs)
         while open_records != previous:
-            previous, open_records = open_records, uncommitted_records(cluster.bootstrap, outputs)
+            previous, open_records = open_records, uncommitted_records(bootstrap, outputs)
         if open_records:
             worker.process.send_signal(signal.SIGKILL)
             worker.process.wait(10)
             return
         worker.process.send_signal(signal.SIGCONT)
-        wait_for_decisions(worker, EVENTS // 3 + attempt * 1_000, timeout=60)
+        wait_for_decisions(worker, events // 3 + attempt * events // 30, timeout=60)
     pytest.fail("five freezes of the worker found no open transaction with output records", pytrace=False)
 
 
@@ -136,7 +136,7 @@ def test_sigkill_under_exactly_once_leaves_one_committed_decision_per_event(
     try:
         first.wait_ready(timeout=120)
         wait_for_decisions(first, EVENTS // 3, timeout=180)
-        kill_inside_open_transaction(first, cluster, [topics["decisions"], topics["dead_letter"]])
+        kill_inside_open_transaction(first, cluster.bootstrap, [topics["decisions"], topics["dead_letter"]])
     finally:
         first.stop()
 

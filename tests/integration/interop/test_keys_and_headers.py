@@ -1,0 +1,74 @@
+"""Keys and headers as kcat (librdkafka) sends them: a key that is not the product id is a KEY_MISMATCH dead letter,
+trace context and FORWARD_HEADERS travel on to the decision, and a dead letter keeps every header it came with."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import orjson
+
+from tests.integration.conftest import WorkerProcess
+from tests.integration.interop.clients import kcat_read, kcat_send
+from tests.integration.prometheus import wait_for_sample
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def upsert(product_id: str, event_id: str) -> str:
+    return orjson.dumps({
+        "event_id": event_id,
+        "product": {"id": product_id, "version": 1, "seller": {"country": "CN"}, "ship_from_country": "CN",
+                    "category": {"path": "Apparel & Accessories > Clothing > Dresses"}},
+    }).decode()
+
+
+def headers_of(envelope: dict) -> list[tuple[str, str]]:
+    """kcat -J prints headers as a flat [name, value, name, value, ...] list."""
+    flat = envelope.get("headers") or []
+    return list(zip(flat[::2], flat[1::2]))
+
+
+def test_keys_that_are_not_the_product_id_are_dead_letters_with_their_headers(worker: WorkerProcess) -> None:
+    sent = {"traceparent": TRACEPARENT, "x-source": "catalog-7"}
+    kcat_send(worker.bootstrap, worker.input_topic, None, upsert("K-1", "e-null"), sent)
+    kcat_send(worker.bootstrap, worker.input_topic, "K-other", upsert("K-2", "e-other"), sent)
+    kcat_send(worker.bootstrap, worker.input_topic, "K-3", upsert("K-3", "e-right"))
+    dead_letters = kcat_read(worker.bootstrap, worker.dead_letter_topic, 2)
+    decisions = kcat_read(worker.bootstrap, worker.decisions_topic, 1)
+    assert worker.process is not None and worker.process.poll() is None, f"the worker died:\n{worker.tail_log()}"
+    by_event = {}
+    for envelope in dead_letters:
+        body = orjson.loads(envelope["payload"])
+        payload = orjson.loads(base64.b64decode(body["payload_base64"]))
+        by_event[payload["event_id"]] = (envelope["key"], body["error"], headers_of(envelope))
+    assert by_event == {
+        "e-null": (None, {"code": "KEY_MISMATCH",
+                          "message": 'the message has no key; its key must be its product.id "K-1"'},
+                   list(sent.items())),
+        "e-other": ("K-other", {"code": "KEY_MISMATCH", "message": 'the key "K-other" is not the product.id "K-2"'},
+                    list(sent.items())),
+    }
+    assert [(d["key"], orjson.loads(d["payload"])["event_id"]) for d in decisions] == [("K-3", "e-right")]
+    assert wait_for_sample(worker.metrics, "compliance_dead_letters_total", 2, code="KEY_MISMATCH") == 2
+
+
+def test_trace_context_and_forwarded_headers_travel_to_the_decision(
+    kafka: str, topics: dict[str, str], tmp_path: Path,
+) -> None:
+    worker = WorkerProcess.on(kafka, topics, tmp_path / "worker.log")
+    worker.start(FORWARD_HEADERS="X-Request-Id")
+    try:
+        worker.wait_ready()
+        kcat_send(kafka, topics["input"], "H-1", upsert("H-1", "e-h1"), {
+            "traceparent": TRACEPARENT, "tracestate": "vendor=1", "x-request-id": "r-42", "x-private": "secret",
+        })
+        kcat_send(kafka, topics["input"], "H-2", upsert("H-2", "e-h2"))
+        decisions = kcat_read(kafka, topics["decisions"], 2)
+        by_key = {envelope["key"]: headers_of(envelope) for envelope in decisions}
+        assert by_key == {
+            "H-1": [("traceparent", TRACEPARENT), ("tracestate", "vendor=1"), ("x-request-id", "r-42")],
+            "H-2": [],
+        }, worker.tail_log()
+    finally:
+        assert worker.stop() == 0, worker.tail_log()
