@@ -43,16 +43,28 @@ def kcat_send(bootstrap: str, topic: str, key: str | None, value: str, headers: 
     subprocess.run(args, input=line + "\n", text=True, check=True, timeout=60, capture_output=True)
 
 
-def kcat_read(bootstrap: str, topic: str, until: int, timeout: float = 60.0) -> list[dict]:
-    """The whole topic as kcat's JSON envelopes (key, payload, partition, offset), once it holds ``until`` messages."""
+def kcat_envelopes(bootstrap: str, topic: str, *extra: str) -> list[dict]:
+    """The whole topic now, as ``kcat -C -J`` prints it: one JSON envelope (key, payload, partition, offset, headers)
+    per record."""
     kcat = require_binary("kcat", "Debian package kcat; make test installs it")
+    result = subprocess.run(
+        [kcat, "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-J", "-q", *extra],
+        capture_output=True, text=True, check=True, timeout=60,
+    )
+    return [orjson.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def kcat_headers(envelope: dict) -> tuple[tuple[str, str], ...]:
+    """An envelope's headers: kcat prints them as a flat [name, value, name, value, ...] list."""
+    flat = envelope.get("headers") or []
+    return tuple(zip(flat[::2], flat[1::2]))
+
+
+def kcat_read(bootstrap: str, topic: str, until: int, timeout: float = 60.0) -> list[dict]:
+    """The whole topic as kcat's JSON envelopes, once it holds ``until`` messages."""
     deadline = time.monotonic() + timeout
     while True:
-        result = subprocess.run(
-            [kcat, "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-J", "-q"],
-            capture_output=True, text=True, check=True, timeout=60,
-        )
-        envelopes = [orjson.loads(line) for line in result.stdout.splitlines() if line.strip()]
+        envelopes = kcat_envelopes(bootstrap, topic)
         if len(envelopes) >= until or time.monotonic() > deadline:
             return envelopes
         time.sleep(0.3)
@@ -112,19 +124,10 @@ class Read(NamedTuple):
 
 def kcat_consume(bootstrap: str, topic: str, isolation_level: str) -> list[Read]:
     """The whole topic through ``kcat -C`` (librdkafka) under ``isolation_level``, to its end now."""
-    kcat = require_binary("kcat", "Debian package kcat; make test installs it")
-    result = subprocess.run(
-        [kcat, "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-J", "-q",
-         "-X", f"isolation.level={isolation_level}"],
-        capture_output=True, text=True, check=True, timeout=60,
-    )
-    reads = []
-    for line in result.stdout.splitlines():
-        if line.strip():
-            envelope = orjson.loads(line)
-            flat = envelope.get("headers") or []
-            reads.append(Read(envelope["key"], envelope["payload"], tuple(zip(flat[::2], flat[1::2]))))
-    return reads
+    return [
+        Read(envelope["key"], envelope["payload"], kcat_headers(envelope))
+        for envelope in kcat_envelopes(bootstrap, topic, "-X", f"isolation.level={isolation_level}")
+    ]
 
 
 def java_console_consume(bootstrap: str, topic: str, isolation_level: str, expected: int) -> list[Read]:

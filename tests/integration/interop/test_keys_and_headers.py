@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 
 from tests.integration.conftest import WorkerProcess
-from tests.integration.interop.clients import kcat_read, kcat_send
+from tests.integration.interop.clients import kcat_headers, kcat_read, kcat_send
 from tests.integration.prometheus import wait_for_sample
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -21,12 +21,6 @@ def upsert(product_id: str, event_id: str) -> str:
         "product": {"id": product_id, "version": 1, "seller": {"country": "CN"}, "ship_from_country": "CN",
                     "category": {"path": "Apparel & Accessories > Clothing > Dresses"}},
     }).decode()
-
-
-def headers_of(envelope: dict) -> list[tuple[str, str]]:
-    """kcat -J prints headers as a flat [name, value, name, value, ...] list."""
-    flat = envelope.get("headers") or []
-    return list(zip(flat[::2], flat[1::2]))
 
 
 def test_keys_that_are_not_the_product_id_are_dead_letters_with_their_headers(worker: WorkerProcess) -> None:
@@ -41,7 +35,7 @@ def test_keys_that_are_not_the_product_id_are_dead_letters_with_their_headers(wo
     for envelope in dead_letters:
         body = orjson.loads(envelope["payload"])
         payload = orjson.loads(base64.b64decode(body["payload_base64"]))
-        by_event[payload["event_id"]] = (envelope["key"], body["error"], headers_of(envelope))
+        by_event[payload["event_id"]] = (envelope["key"], body["error"], list(kcat_headers(envelope)))
     assert by_event == {
         "e-null": (None, {"code": "KEY_MISMATCH",
                           "message": 'the message has no key; its key must be its product.id "K-1"'},
@@ -65,7 +59,7 @@ def test_trace_context_and_forwarded_headers_travel_to_the_decision(
         })
         kcat_send(kafka, topics["input"], "H-2", upsert("H-2", "e-h2"))
         decisions = kcat_read(kafka, topics["decisions"], 2)
-        by_key = {envelope["key"]: headers_of(envelope) for envelope in decisions}
+        by_key = {envelope["key"]: list(kcat_headers(envelope)) for envelope in decisions}
         assert by_key == {
             "H-1": [("traceparent", TRACEPARENT), ("tracestate", "vendor=1"), ("x-request-id", "r-42")],
             "H-2": [],

@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import orjson
 import pytest
 
+from tests.unit.core.test_fast_path import ReferenceProcessor
 from worker.core import load_bundled_policy
 from worker.stream.processing import DEAD_LETTER, DECISION, MemoryStateStore, Processor
 
@@ -24,16 +24,9 @@ EVENT = orjson.dumps({
 })
 
 
-class _NoFastPath:
-    def decide(self, *args: Any) -> None:
-        return None
-
-
 def processor(path: str) -> Processor:
-    made = Processor(load_bundled_policy(), MemoryStateStore())
-    if path == "reference":
-        made._fast = _NoFastPath()  # type: ignore[assignment]  # every event on the reference path
-    return made
+    made = ReferenceProcessor if path == "reference" else Processor  # reference: every event off the fast path
+    return made(load_bundled_policy(), MemoryStateStore())
 
 
 PATHS = [pytest.param("fast", id="fast-path"), pytest.param("reference", id="reference-path")]
