@@ -181,7 +181,7 @@ def worker(bootstrap: str, topics: Topics, app_id: str, log_path: Path, **settin
     env = clean_env(
         KAFKA_BOOTSTRAP_SERVERS=bootstrap, INPUT_TOPIC=topics.input, DECISIONS_TOPIC=topics.decisions,
         DEAD_LETTER_TOPIC=topics.dead_letter, APP_ID=app_id, WORKER_WEB_PORT=str(port), WORKER_WEB_HOST="127.0.0.1",
-        LOG_FORMAT="json", **settings,
+        LOG_FORMAT="json", STATE_DIR=str(log_path.with_suffix(".state")), **settings,
     )
     # `python -m worker` is `compliance-worker` (worker/__main__.py) in every tree, also the old ones `--code REV` runs.
     return Proc(f"worker {app_id}", [sys.executable, "-P", "-m", "worker", "worker"], env, log_path, web_port=port)

@@ -99,6 +99,7 @@ def main() -> int:
 
     env = dict(os.environ)
     env.setdefault("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{env.get('KAFKA_PORT', '9092')}")
+    env.setdefault("STATE_DIR", str(RUN_DIR / "state"))  # the worker's local state, kept between runs
     settings = Settings.from_env(env)
     kafka_env = {**env, "KAFKA_PORT": settings.bootstrap_servers[0].rpartition(":")[2] or "9092"}
     RUN_DIR.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ GUARANTEES = ("at_least_once", "exactly_once")
 ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
 COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
 LOG_FORMATS = ("auto", "json", "text")
+STATE_STORES = ("rocksdb", "memory")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
@@ -115,6 +116,19 @@ def _header_names(value: str) -> tuple[str, ...]:
     return names
 
 
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be 0 or a positive whole number")
+    return number
+
+
+def _directory(value: str) -> Path:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return Path(value.strip())
+
+
 def _optional_path(value: str) -> Path | None:
     return Path(value) if value.strip() else None
 
@@ -171,6 +185,10 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("WORKER_WEB_PORT", "worker_web_port", _port, "6066"),
     ("WORKER_WEB_HOST", "worker_web_host", _text, "0.0.0.0"),
     ("APP_ID", "app_id", _topic, "compliance-worker"),
+    ("STATE_STORE", "state_store", _choice(*STATE_STORES), "rocksdb"),
+    ("STATE_DIR", "state_dir", _directory, "/var/lib/compliance-worker"),
+    ("STATE_CACHE_MB", "state_cache_mb", _positive, "64"),
+    ("TABLE_STANDBY_REPLICAS", "table_standby_replicas", _non_negative, "1"),
     ("TOPIC_PARTITIONS", "topic_partitions", _positive, "4"),
     ("TOPIC_REPLICATION_FACTOR", "topic_replication_factor", _positive, "1"),
     ("LOG_LEVEL", "log_level", _choice(*LOG_LEVELS), "info"),
@@ -206,6 +224,10 @@ class Settings:
     worker_web_port: int
     worker_web_host: str
     app_id: str
+    state_store: str
+    state_dir: Path  # the worker's own state lives in state_dir / app_id
+    state_cache_mb: int
+    table_standby_replicas: int
     topic_partitions: int
     topic_replication_factor: int
     log_level: str

@@ -10,8 +10,8 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -22,12 +22,21 @@ from tests.tools import IN_CI
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SCRIPT = ROOT / "scripts" / "kafka.sh"
+TEST_STATE = ROOT / ".cache" / "test-state"  # the workers' STATE_DIRs, one per worker of a test; emptied per session
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration/" in str(item.path):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_state() -> Iterator[Path]:
+    """The workers' local state of this session, under the project's cache; gone afterwards."""
+    shutil.rmtree(TEST_STATE, ignore_errors=True)
+    yield TEST_STATE
+    shutil.rmtree(TEST_STATE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +81,8 @@ class WorkerProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
+    # Its own STATE_DIR, kept across restarts of this process (local state survives them, as on a pod's volume).
+    state_dir: Path = field(default_factory=lambda: TEST_STATE / uuid.uuid4().hex[:12])
 
     @classmethod
     def on(cls, bootstrap: str, topics: Mapping[str, str], log_path: Path) -> WorkerProcess:
@@ -88,7 +99,7 @@ class WorkerProcess:
         return f"http://127.0.0.1:{self.web_port}"
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "POLICY_", "WORKER_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "POLICY_", "WORKER_", "STATE_"))}
         env.update({
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "INPUT_TOPIC": self.input_topic,
@@ -98,6 +109,7 @@ class WorkerProcess:
             "WORKER_WEB_PORT": str(self.web_port),
             "WORKER_WEB_HOST": "127.0.0.1",
             "LOG_FORMAT": "json",
+            "STATE_DIR": str(self.state_dir),
         })
         env.update(extra)
         return env
@@ -185,3 +197,28 @@ def worker(kafka: str, topics: dict[str, str], tmp_path: Path) -> Iterator[Worke
     process.wait_ready()
     yield process
     process.stop()
+
+
+@pytest.fixture
+def policy_topic(topics: dict[str, str]) -> str:
+    return f"{topics['input']}.policies"
+
+
+@pytest.fixture
+def start_worker(
+    kafka: str, topics: dict[str, str], policy_topic: str, tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Starts workers on this test's topics and policy topic (same group), each on its own web port; stops them all."""
+    started: list[WorkerProcess] = []
+
+    def start(name: str = "worker", *, ready: bool = True, **env: str) -> WorkerProcess:
+        process = WorkerProcess.on(kafka, topics, tmp_path / f"{name}.log")
+        process.start(POLICY_TOPIC=policy_topic, **env)
+        started.append(process)
+        if ready:
+            process.wait_ready()
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -250,31 +250,6 @@ def decisions_for(worker: WorkerProcess, messages: list[tuple[bytes, bytes]]) ->
 
 
 # --- workers, metrics, logs ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def policy_topic(topics: dict[str, str]) -> str:
-    return f"{topics['input']}.policies"
-
-
-@pytest.fixture
-def start_worker(
-    kafka: str, topics: dict[str, str], policy_topic: str, tmp_path: Path
-) -> Iterator[Callable[..., WorkerProcess]]:
-    """Starts workers on this test's topics and policy topic (same group), each on its own web port; stops them all."""
-    started: list[WorkerProcess] = []
-
-    def start(name: str = "worker", *, ready: bool = True, **env: str) -> WorkerProcess:
-        process = WorkerProcess.on(kafka, topics, tmp_path / f"{name}.log")
-        process.start(POLICY_TOPIC=policy_topic, **env)
-        started.append(process)
-        if ready:
-            process.wait_ready()
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def wait_for(check: Callable[[], Any], what: str, log: Callable[[], str] = lambda: "", timeout: float = WAIT) -> Any:

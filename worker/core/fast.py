@@ -12,7 +12,7 @@ from worker.core.classify import Verdict, judge
 from worker.core.errors import InvalidEvent
 from worker.core.event import EventFacts, parse_typical, typical_category, typical_facts
 from worker.core.policy import PATH_CACHE_SIZE, Policy
-from worker.core.state import StoredState, decode_stored_decision
+from worker.core.state import StoredState, decode_stored_decision, title_digest
 
 # key, state to store, decision record, decision, cluster
 FastDecision = tuple[bytes, bytes, bytes, str, str | None]
@@ -70,7 +70,7 @@ class FastPath:
         self._buffer = bytearray(1024)
 
     def decide(  # noqa: PLR0913
-        self, raw: bytes, stored_state: Callable[[bytes], bytes | None], topic: str, partition: int, offset: int,
+        self, raw: bytes, stored_state: Callable[[bytes, int], bytes | None], topic: str, partition: int, offset: int,
         now: float, decided_at: str,
     ) -> FastDecision | None:
         event = parse_typical(raw)
@@ -104,16 +104,16 @@ class FastPath:
         if verdict is None:
             return None
         product_key = facts.product_id.encode()
-        stored = stored_state(product_key)
+        stored = stored_state(product_key, partition)
         previous_decision = None
         if stored is not None:
             # Only two fields are read; the rest is skipped unchecked. States are written by ProductState.encode
-            # and this class, never with what orjson (the reference path's reader) would reject.
+            # and this class, never with what the reference path's reader would reject.
             try:
                 previous = decode_stored_decision(stored)
             except ValueError:
-                return None  # the reference path decodes the whole state and fails as it always did
-            known, version = previous.facts.product_version, facts.product_version
+                return None  # an older format, or bytes the reference path will fail on as it always did
+            known, version = previous.product_version, facts.product_version
             if version is not None and known is not None and version < known:
                 return None  # stale: the reference path repeats the decision in force
             previous_decision = previous.decision
@@ -123,9 +123,12 @@ class FastPath:
         policy_version = self._version
         buffer = self._buffer
         # Encoded into a reused buffer and copied out at its exact size: states are kept per product.
-        self._encode_into(
-            StoredState(decision, cluster, cross_border, policy_version, decision_id, partition, facts), buffer
-        )
+        self._encode_into(StoredState(
+            decision, facts.product_version, cluster, cross_border, policy_version, int(now * 1000), reasons,
+            event_id, facts.seller_id, facts.seller_country, facts.ship_from_country, facts.category_path,
+            facts.category_id, facts.hs_code, facts.price_amount, facts.price_currency, facts.occurred_at,
+            title_digest(facts.title),
+        ), buffer)
         record = self._encode(_DecisionRecord(
             decision_id, event_id, facts.product_id, facts.product_version, decision, cross_border, cluster, reasons,
             policy_version, decided_at, _Source(topic, partition, offset), previous_decision,

@@ -1,83 +1,157 @@
-"""Per-product decision state: transitions (previous_decision, changed), stale versions, re-screening."""
+"""Per-product decision state: transitions (previous_decision, changed), stale versions, re-screening, storage format."""
 
 from __future__ import annotations
 
+import hashlib
+import time
 from typing import Any, NamedTuple
 
 import msgspec
 import orjson
 
 from worker.core.classify import Decision, Reason, classify, decision_id
-from worker.core.event import EventFacts, ProductEvent
+from worker.core.event import ProductEvent
 from worker.core.policy import Policy
 
 STALE_VERSION = Reason.STALE_VERSION
 POLICY_CHANGE = Reason.POLICY_CHANGE
+STATE_FORMAT = 2  # the first element of every stored state; version 1 was a JSON object (read, never written)
 
-# The facts a decision rests on: enough to decide the product again under a new policy.
-_FACT_FIELDS = (
+# Version 1's facts, in ProductEvent's order (the changelog of an older worker holds such records).
+_V1_FACT_FIELDS = (
     "event_id", "product_id", "product_version", "seller_id", "seller_country", "ship_from_country",
     "category_path", "category_id", "hs_code", "price_amount", "price_currency", "occurred_at", "title",
 )
 
 
-class StoredState(msgspec.Struct, gc=False):
-    """ProductState as stored: a JSON object with these keys in this order (the facts in ProductEvent's order)."""
+def title_digest(title: str | None) -> str | None:
+    """What the state keeps of a title: enough to tell the same title again (evasion signals), 16 hex characters."""
+    return None if title is None else hashlib.blake2b(title.encode(), digest_size=8).hexdigest()
+
+
+class StoredState(msgspec.Struct, array_like=True, tag=STATE_FORMAT, gc=False):
+    """A product's state as stored: a JSON array ``[2, decision, product_version, ...]``, keyed by the product id.
+
+    Only what deciding, re-screening and looking up a product need: the product id is
+    the key, the partition is the store's, the decision id follows from the event id
+    and the policy version, and the title is kept as a digest. New fields go at the end
+    with a default, so every version-2 record stays readable.
+    """
 
     decision: str
+    product_version: int | None
     cluster: str | None
     cross_border: bool
     policy_version: str
-    decision_id: str
-    partition: int
-    facts: EventFacts
+    decided_at_ms: int
+    reasons: tuple[str, ...]
+    event_id: str
+    seller_id: str | None
+    seller_country: str
+    ship_from_country: str
+    category_path: str
+    category_id: str | None
+    hs_code: str | None
+    price_amount: str | None
+    price_currency: str | None
+    occurred_at: str | None
+    title_digest: str | None
 
 
-class _StoredVersion(msgspec.Struct, gc=False):
-    product_version: int | None = None
-
-
-class StoredDecision(msgspec.Struct, gc=False):
+class StoredDecision(msgspec.Struct, array_like=True, tag=STATE_FORMAT, gc=False):
     """What deciding the next event of a product needs from its stored state: the rest is skipped, not decoded."""
 
     decision: str
-    facts: _StoredVersion
+    product_version: int | None
+
+
+class _StoredPolicyVersion(msgspec.Struct, array_like=True, tag=STATE_FORMAT, gc=False):
+    decision: str
+    product_version: int | None
+    cluster: str | None
+    cross_border: bool
+    policy_version: str
 
 
 decode_stored_decision = msgspec.json.Decoder(StoredDecision).decode
+_decode_policy_version = msgspec.json.Decoder(_StoredPolicyVersion).decode
+
+
+def stored_policy_version(data: bytes) -> str:
+    """The policy version a stored state was decided under, without decoding the rest (re-screening scans by it)."""
+    if data[:1] == b"{":
+        return str(orjson.loads(data)["policy_version"])
+    return _decode_policy_version(data).policy_version
+_decode_stored = msgspec.json.Decoder(StoredState).decode
 _encoder = msgspec.json.Encoder()
 
 
 class ProductState(NamedTuple):
-    """What the worker remembers of a product: its decision in force and the facts behind it."""
+    """What the worker remembers of a product: its decision in force and the facts behind it.
+
+    ``facts.title`` is always None (the state keeps only ``title_digest``); ``decided_at_ms`` is
+    when the decision in force was made (epoch milliseconds).
+    """
 
     decision: str
     cluster: str | None
     cross_border: bool
     policy_version: str
-    decision_id: str
-    partition: int  # the input partition the product's events arrive on (its state lives there too)
+    decided_at_ms: int
+    reasons: tuple[str, ...]
     facts: ProductEvent
-
-    def encode(self) -> bytes:
-        # Copied to its exact size: an encoder's result keeps its spare buffer, and states are kept per product.
-        return bytes(memoryview(_encoder.encode(StoredState(
-            self.decision, self.cluster, self.cross_border, self.policy_version, self.decision_id, self.partition,
-            EventFacts(*self.facts),
-        ))))
+    title_digest: str | None
 
     @classmethod
-    def decode(cls, data: bytes) -> ProductState:
-        raw = orjson.loads(data)
-        facts = raw["facts"]
+    def of(cls, decision: Decision, facts: ProductEvent, decided_at_ms: int) -> ProductState:
         return cls(
-            raw["decision"], raw["cluster"], raw["cross_border"], raw["policy_version"], raw["decision_id"],
-            raw["partition"], ProductEvent(*(facts.get(name) for name in _FACT_FIELDS)),
+            decision.decision, decision.cluster, decision.cross_border, decision.policy_version, decided_at_ms,
+            decision.reasons, facts._replace(title=None), title_digest(facts.title),
         )
 
     @property
     def product_version(self) -> int | None:
         return self.facts.product_version
+
+    @property
+    def decision_id(self) -> str:
+        return decision_id(self.facts.event_id, self.policy_version)
+
+    def encode(self) -> bytes:
+        facts = self.facts
+        # Copied to its exact size: an encoder's result keeps its spare buffer, and states are kept per product.
+        return bytes(memoryview(_encoder.encode(StoredState(
+            self.decision, facts.product_version, self.cluster, self.cross_border, self.policy_version,
+            self.decided_at_ms, self.reasons, facts.event_id, facts.seller_id, facts.seller_country,
+            facts.ship_from_country, facts.category_path, facts.category_id, facts.hs_code, facts.price_amount,
+            facts.price_currency, facts.occurred_at, self.title_digest,
+        ))))
+
+    @classmethod
+    def decode(cls, key: bytes, data: bytes) -> ProductState:
+        """A stored state of either format (raises ValueError on bytes that are neither)."""
+        if data[:1] == b"{":
+            return cls._decode_v1(data)
+        stored = _decode_stored(data)
+        facts = ProductEvent(
+            stored.event_id, key.decode(), stored.product_version, stored.seller_id, stored.seller_country,
+            stored.ship_from_country, stored.category_path, stored.category_id, stored.hs_code, stored.price_amount,
+            stored.price_currency, stored.occurred_at, None,
+        )
+        return cls(
+            stored.decision, stored.cluster, stored.cross_border, stored.policy_version, stored.decided_at_ms,
+            stored.reasons, facts, stored.title_digest,
+        )
+
+    @classmethod
+    def _decode_v1(cls, data: bytes) -> ProductState:
+        # Version 1 kept no reasons and no decision time: they are unknown until the product is decided again.
+        raw = orjson.loads(data)
+        facts = ProductEvent(*(raw["facts"].get(name) for name in _V1_FACT_FIELDS))
+        return cls(
+            raw["decision"], raw["cluster"], raw["cross_border"], raw["policy_version"], 0, (),
+            facts._replace(title=None), title_digest(facts.title),
+        )
 
 
 class Transition(NamedTuple):
@@ -101,9 +175,11 @@ def is_stale(event: ProductEvent, previous: ProductState) -> bool:
     return event.product_version is not None and known is not None and event.product_version < known
 
 
-def decide(
-    event: ProductEvent, policy: Policy, previous: ProductState | None, partition: int, now: float | None = None
-) -> Transition:
+def _milliseconds(now: float | None) -> int:
+    return int((time.time() if now is None else now) * 1000)
+
+
+def decide(event: ProductEvent, policy: Policy, previous: ProductState | None, now: float | None = None) -> Transition:
     """Decide one event against what is known of its product (raises InvalidEvent when it cannot be decided)."""
     if previous is not None and is_stale(event, previous):
         repeated = Decision(
@@ -112,11 +188,11 @@ def decide(
         )
         return Transition(repeated, previous.decision, False, None)
     decision = classify(event, policy, now)
-    state = ProductState(
-        decision.decision, decision.cluster, decision.cross_border, policy.version, decision.decision_id, partition, event
-    )
     previous_decision = previous.decision if previous is not None else None
-    return Transition(decision, previous_decision, previous_decision != decision.decision, state)
+    return Transition(
+        decision, previous_decision, previous_decision != decision.decision,
+        ProductState.of(decision, event, _milliseconds(now)),
+    )
 
 
 def rescreen(previous: ProductState, policy: Policy, now: float | None = None) -> Transition | None:
@@ -131,8 +207,9 @@ def rescreen(previous: ProductState, policy: Policy, now: float | None = None) -
         return None
     fresh = classify(previous.facts, policy, now)
     decision = fresh._replace(reasons=(POLICY_CHANGE, *fresh.reasons))
+    changed = decision.decision != previous.decision
     state = previous._replace(
         decision=decision.decision, cluster=decision.cluster, cross_border=decision.cross_border,
-        policy_version=policy.version, decision_id=decision.decision_id,
+        policy_version=policy.version, reasons=decision.reasons, decided_at_ms=_milliseconds(now),
     )
-    return Transition(decision, previous.decision, decision.decision != previous.decision, state)
+    return Transition(decision, previous.decision, changed, state)

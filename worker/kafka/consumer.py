@@ -103,6 +103,10 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         Read on the event loop between two ``getmany`` calls, when the consumer
         thread is not consuming (its background fetches do not move positions).
         """
+        return self.positions(lambda tp: not is_changelog(tp))
+
+    def positions(self, wanted: Callable[[TP], bool]) -> dict[TP, int]:
+        """aiokafka's position of each assigned partition ``wanted`` picks, where it has one (read without a request)."""
         consumer = self._consumer
         subscription = consumer._subscription.subscription if consumer is not None else None  # noqa: SLF001
         assignment = subscription.assignment if subscription is not None else None
@@ -111,7 +115,7 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         positions = {}
         for tp in assignment.tps:
             state = assignment.state_value(tp)
-            if state is not None and state.has_valid_position and not is_changelog(tp):
+            if state is not None and state.has_valid_position and wanted(tp):
                 positions[tp] = state.position
         return positions
 
@@ -173,6 +177,8 @@ class Consumer(faust_aiokafka.Consumer):
         self._handed_over: dict[TP, int] = {}
         # Per stream partition, aiokafka's position when everything it had returned was handed over (``getmany``).
         self._consumed_to: dict[TP, int] = {}
+        # Told which partitions' offsets (and, under exactly_once, transactions) a commit made durable.
+        self.on_committed: Callable[[set[TP]], None] | None = None
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -297,6 +303,15 @@ class Consumer(faust_aiokafka.Consumer):
                     await self.perform_seek()
                 except Exception as exc:  # noqa: BLE001 - as Faust's own seek in getmany: the next rebalance seeks again
                     self.log.warning("Seeking to the committed offsets again failed: %r", exc)
+
+    async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
+        """Faust's commit; then ``on_committed`` hears which partitions it committed (Faust tells only its tables)."""
+        assignment = self.assignment()
+        committable = {tp for tp in offsets if tp in assignment}  # what Faust's commit keeps
+        did_commit = await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+        if did_commit and self.on_committed is not None:
+            self.on_committed(committable)
+        return did_commit
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         if not self.in_transaction:

@@ -36,6 +36,9 @@ class Outbox:
         self._partitioner = partitioner or DefaultPartitioner()
         self._builders: dict[tuple[str, int], Any] = {}
         self._deliveries: list[asyncio.Future[Any]] = []
+        # What the last flush sent: (topic, partition, delivery future, records), for callers that need the offsets.
+        self.sent: list[tuple[str, int, asyncio.Future[Any], int]] = []
+        self._sending: list[tuple[str, int, asyncio.Future[Any], int]] = []
         self._partitions: dict[str, tuple[list[int], dict[bytes, int]]] = {}
         self._checked: set[str] = set()  # topics whose partitions were looked up for this batch
 
@@ -65,6 +68,7 @@ class Outbox:
                 builder.close()  # complete: aiokafka sends a closed batch without waiting for producer_linger
                 await self._send(topic, partition, builder)
         deliveries, self._deliveries = self._deliveries, []
+        self.sent, self._sending = self._sending, []
         self._checked.clear()
         return deliveries
 
@@ -73,10 +77,13 @@ class Outbox:
         newer one of the same product would make the changelog restore the older."""
         self._builders.clear()
         self._deliveries.clear()
+        self._sending.clear()
         self._checked.clear()
 
     async def _send(self, topic: str, partition: int, builder: Any) -> None:
-        self._deliveries.append(await self._producer().send_batch(builder, topic, partition=partition))
+        delivery = await self._producer().send_batch(builder, topic, partition=partition)
+        self._deliveries.append(delivery)
+        self._sending.append((topic, partition, delivery, builder.record_count()))
 
     async def _partition_of(self, topic: str, key: bytes | None) -> int:
         known = self._partitions.get(topic)

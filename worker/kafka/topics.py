@@ -19,14 +19,21 @@ class BrokerUnavailable(ComplianceError):
 
 
 class EnsuredTopics(NamedTuple):
-    partitions: dict[str, int]  # per topic
+    partitions: dict[str, int]  # per topic (the changelog's too, when it exists)
     created: list[str]
     dead_letter_max_bytes: int  # the dead-letter topic's max.message.bytes, as the broker applies it
 
 
-async def ensure_topics(settings: Settings, dead_letter_max_bytes: int, timeout: float = 30.0) -> EnsuredTopics:
+class PartitionsMismatch(ComplianceError):
+    """The state changelog and the input have different partition counts: state would be looked for in the wrong place."""
+
+
+async def ensure_topics(
+    settings: Settings, dead_letter_max_bytes: int, timeout: float = 30.0, changelog: str | None = None,
+) -> EnsuredTopics:
     """Create the input, decisions and dead-letter topics if absent (the last with ``dead_letter_max_bytes`` as its
-    max.message.bytes); what they are like, and which were created."""
+    max.message.bytes); what they are like, and which were created. The ``changelog`` topic is not created here
+    (Faust does, as the input's copy), but its partitions are counted when it exists."""
     wanted = [settings.input_topic, settings.decisions_topic, settings.dead_letter_topic]
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=int(timeout * 1000), **client_options(settings)
@@ -59,6 +66,8 @@ async def ensure_topics(settings: Settings, dead_letter_max_bytes: int, timeout:
             except TopicAlreadyExistsError:
                 pass  # another worker created it first
         partitions = await partition_counts(admin, wanted, timeout)
+        if changelog is not None and changelog in existing:
+            partitions.update(await partition_counts(admin, [changelog], timeout))
         return EnsuredTopics(partitions, missing, await max_message_bytes(admin, settings.dead_letter_topic, timeout))
     finally:
         await admin.close()

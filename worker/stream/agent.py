@@ -18,6 +18,7 @@ from worker.kafka.outbox import Outbox
 from worker.kafka.transactions import TransactionGate, Transactions
 from worker.stream.processing import DEAD_LETTER, DECISION, TOMBSTONE, Outcome
 from worker.stream.runtime import Runtime
+from worker.stream.state_store import Write, changelog_offsets
 
 log = logging.getLogger("worker.agents")
 TRACE_CONTEXT_HEADERS = ("traceparent", "tracestate")  # https://www.w3.org/TR/trace-context/
@@ -37,46 +38,70 @@ def register_agent(
 
     forwarded = header_filter(runtime.settings.forward_headers)
 
-    async def process_and_send(events: Sequence[EventT]) -> tuple[list[Awaitable[Any]], list[Outcome]]:
+    async def process_and_send(
+        events: Sequence[EventT],
+    ) -> tuple[list[Awaitable[Any]], list[Outcome], list[Write], list[tuple[int, Any, int]]]:
         # Under exactly_once each record joins the transaction of the input partition it comes from.
         exactly_once = app.in_transaction
         send = app.producer.send
         process = runtime.processor.process
         add = outbox.add
         now = time.time()
-        deliveries = []
+        deliveries: list[Awaitable[Any]] = []
         outcomes = []
-        for event in events:
-            message = event.message
-            outcome = process(message.key, message.value, message.topic, message.partition, message.offset, now)
-            headers = message.headers
-            if headers:  # a dead letter keeps them all, for an exact replay; a decision carries the forwarded ones
-                headers = list(headers) if outcome.kind is DEAD_LETTER else forwarded(headers)
-            if exactly_once:
-                target = dead_letter_name if outcome.kind is DEAD_LETTER else decisions_name
-                deliveries.append(
-                    await transactions.send(message.partition, target, outcome.key, outcome.value, headers=headers)
-                )
-            elif outcome.kind is DEAD_LETTER:
-                deliveries.append(await send(dead_letter_name, outcome.key, outcome.value, None, None, headers))
-            else:
-                await add(decisions_name, outcome.key, outcome.value, headers=headers)
-            outcomes.append(outcome)
         store = runtime.store
-        if store is not None:
+        writes: list[Write] = []
+        try:
+            for event in events:
+                message = event.message
+                outcome = process(message.key, message.value, message.topic, message.partition, message.offset, now)
+                headers = message.headers
+                if headers:  # a dead letter keeps them all, for an exact replay; a decision carries the forwarded ones
+                    headers = list(headers) if outcome.kind is DEAD_LETTER else forwarded(headers)
+                if exactly_once:
+                    target = dead_letter_name if outcome.kind is DEAD_LETTER else decisions_name
+                    deliveries.append(
+                        await transactions.send(message.partition, target, outcome.key, outcome.value, headers=headers)
+                    )
+                elif outcome.kind is DEAD_LETTER:
+                    deliveries.append(await send(dead_letter_name, outcome.key, outcome.value, None, None, headers))
+                else:
+                    await add(decisions_name, outcome.key, outcome.value, headers=headers)
+                outcomes.append(outcome)
+            if store is not None:
+                writes = store.take_writes()
+            return deliveries, outcomes, writes, await send_changelog(writes, deliveries, exactly_once)
+        except BaseException:
+            if store is not None:
+                store.discard(writes)  # never acked: these events are decided again, their changes must not linger
+            raise
+
+    async def send_changelog(
+        writes: list[Write], deliveries: list[Awaitable[Any]], exactly_once: bool,
+    ) -> list[tuple[int, Any, int]]:
+        """Send the batch's state changes; then, under at_least_once, flush the outbox (outputs and changes alike)."""
+        store = runtime.store
+        changelog_sent: list[tuple[int, Any, int]] = []  # (partition, delivery, records) of the state's changelog
+        if store is not None and writes:
             if exactly_once:
-                deliveries.extend(await store.send_writes(transactions.send_to_own_partition))
+                sent = await store.send(writes, transactions.send_to_own_partition)
+                deliveries.extend(sent)
+                changelog_sent = [(partition, delivery, 1) for (partition, _, _), delivery in zip(writes, sent)]
             else:
                 changelog = store.changelog_topic
-                for partition, key, value in store.take_writes():
-                    await add(changelog, key, value, partition)
+                for partition, key, value in writes:
+                    await outbox.add(changelog, key, value, partition)
         if not exactly_once:
             deliveries.extend(await outbox.flush())
-        return deliveries, outcomes
+            if store is not None and writes:
+                changelog = store.changelog_topic
+                changelog_sent = [(p, delivery, n) for topic, p, delivery, n in outbox.sent if topic == changelog]
+        return changelog_sent
 
     async def confirm(
         stream: faust.StreamT, batch: Sequence[tuple[EventT, Any]], deliveries: list[Awaitable[Any]],
-        outcomes: list[Outcome], previous: asyncio.Future[None] | None, gate: TransactionGate | None,
+        outcomes: list[Outcome], writes: list[Write], changelog_sent: list[tuple[int, Any, int]],
+        previous: asyncio.Future[None] | None, gate: TransactionGate | None,
     ) -> None:
         """Ack a batch once the broker has acknowledged all of its output, and after the batch before it."""
         try:
@@ -84,6 +109,14 @@ def register_agent(
                 await previous
             await asyncio.gather(*deliveries)
             delivered = time.monotonic()
+            store = runtime.store
+            if writes and store is not None:
+                # Before the ack: an acked event's state change is in the store (or, in a transaction, staged for it).
+                offsets = changelog_offsets(changelog_sent)
+                if gate is None:
+                    store.durable(writes, offsets)
+                else:
+                    store.stage(writes, offsets)
             for event, sensor_state in batch:
                 ack(stream, event, sensor_state)
         except BaseException as exc:
@@ -103,7 +136,12 @@ def register_agent(
         # compute. What bounds the batches awaiting delivery is the producer's accumulator (its
         # send() waits when full) and the stream buffer the batches come from.
         # Under exactly_once a batch holds the commit gate from its first send until it is acked.
-        gate = cast(Consumer, app.consumer).gate if app.in_transaction else None
+        consumer = cast(Consumer, app.consumer)
+        gate = consumer.gate if app.in_transaction else None
+        store = runtime.store
+        if gate is not None and store is not None:
+            input_name = input_topic.get_topic_name()
+            consumer.on_committed = lambda tps: store.committed(tp.partition for tp in tps if tp.topic == input_name)
         in_flight: asyncio.Future[None] | None = None
         try:
             async for batch in event_batches(stream, batch_max):
@@ -112,14 +150,16 @@ def register_agent(
                 if gate is not None:
                     await gate.enter()
                 try:
-                    deliveries, outcomes = await process_and_send([event for event, _ in batch])
+                    deliveries, outcomes, writes, changelog_sent = await process_and_send([event for event, _ in batch])
                 except BaseException as exc:
                     outbox.discard()
                     if gate is not None:
                         gate.fail(exc)
                         gate.leave()
                     raise
-                in_flight = asyncio.ensure_future(confirm(stream, batch, deliveries, outcomes, in_flight, gate))
+                in_flight = asyncio.ensure_future(
+                    confirm(stream, batch, deliveries, outcomes, writes, changelog_sent, in_flight, gate)
+                )
         finally:
             if in_flight is not None:
                 await in_flight

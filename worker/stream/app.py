@@ -10,7 +10,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiohttp.web import Response
@@ -21,18 +21,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from worker import __version__
 from worker.core import Policy, load_bundled_policy, load_policy_file
 from worker.kafka import backoff, buffer
-from worker.kafka.consumer import Transport
+from worker.kafka.consumer import Consumer, Transport
 from worker.kafka.monitor import PrometheusMonitor
 from worker.kafka.probe import BrokerProbe
 from worker.kafka.schema import RawSchema
 from worker.kafka.security import client_options, faust_credentials, scrub_logs
-from worker.kafka.topics import ensure_topics
+from worker.kafka.stores import MemoryStore, RocksDBStore, StateDirInUse, StateTable, lock_state_dir
+from worker.kafka.topics import PartitionsMismatch, ensure_topics
 from worker.settings import Settings, SettingsError
 from worker.stream import health, memory
 from worker.stream.agent import register_agent
 from worker.stream.lifecycle import PolicyLifecycle
 from worker.stream.logs import logging_config
-from worker.stream.metrics import ComplianceMetrics, TopicPartitionOffsets
+from worker.stream.metrics import ComplianceMetrics, StateHeld, TopicPartitionOffsets
 from worker.stream.policy_source import PolicySource, ensure_policy_topic, replay
 from worker.stream.processing import DEAD_LETTER_MAX_BYTES, Processor
 from worker.stream.runtime import Runtime
@@ -51,6 +52,43 @@ STREAM_BUFFER_MAX_BYTES = 16 * 1024 * 1024
 PRODUCER_BATCH_BYTES = 128 * 1024  # per partition
 
 
+STATE_TABLE = "decision-state"  # its changelog topic is APP_ID-decision-state-changelog
+
+
+def state_path(settings: Settings) -> Path:
+    """Where the state table's local store lives: STATE_DIR/APP_ID (RocksDB), a temporary directory (memory)."""
+    if settings.state_store == "rocksdb":
+        return settings.state_dir / settings.app_id
+    return Path(tempfile.gettempdir()) / f"compliance-worker-{settings.app_id}"
+
+
+def store_factory(settings: Settings) -> Any:
+    cache_bytes = settings.state_cache_mb * 1024 * 1024
+
+    def new_store(table: StateTable) -> Any:
+        options = {"table_name": table.name, "loop": table.loop}
+        if settings.state_store == "rocksdb":
+            return RocksDBStore("rocksdb://", table.app, table, cache_bytes=cache_bytes, **options)
+        return MemoryStore("memory://", table.app, table, **options)
+
+    return new_store
+
+
+def changelog_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-{STATE_TABLE}-changelog"  # Faust's name for a table's changelog
+
+
+def check_partitions(settings: Settings, partitions: dict[str, int], changelog: str) -> None:
+    """Refuse to start when a product's state would not be where its events arrive (the input grew, say)."""
+    inputs, states = partitions[settings.input_topic], partitions.get(changelog)
+    if states is not None and states != inputs:
+        raise PartitionsMismatch(
+            f"the input {settings.input_topic} has {inputs} partitions but the state changelog {changelog} has "
+            f"{states}: each product's state would be looked for on the wrong partition. Stop every worker of "
+            f"{settings.app_id} and follow docs/operations.md#growing-the-input (compliance-worker state migrate)"
+        )
+
+
 def load_policy(settings: Settings) -> Policy:
     return load_policy_file(settings.policy_file) if settings.policy_file else load_bundled_policy()
 
@@ -63,6 +101,20 @@ def _consumer_offsets(app: faust.App, topic: str) -> TopicPartitionOffsets:
         for tp in consumer.assignment()
         if tp.topic == topic
     }
+
+
+def _standby_lag(app: faust.App, table: faust.Table) -> dict[int, int]:
+    """Per standby partition of the state: its changelog end (last stable offset) less what the consumer has read."""
+    changelog = table.changelog_topic_name
+    standbys = {tp for tp in app.tables.recovery.standby_tps if tp.topic == changelog}
+    consumer = cast(Consumer, app.consumer)
+    positions = consumer._thread.positions(standbys.__contains__)  # noqa: SLF001 - Faust's consumer thread
+    lag = {}
+    for tp in standbys:
+        end, position = consumer.highwater(tp), positions.get(tp)
+        if end is not None and position is not None:
+            lag[tp.partition] = max(0, end - position)
+    return lag
 
 
 def create_app(
@@ -85,8 +137,9 @@ def create_app(
         web_bind=settings.worker_web_host,
         web_host=settings.worker_web_host if settings.worker_web_host != "0.0.0.0" else "localhost",
         web_in_thread=False,
-        datadir=Path(tempfile.gettempdir()) / f"compliance-worker-{settings.app_id}",
-        store="memory://",
+        datadir=state_path(settings),
+        tabledir=state_path(settings),
+        table_standby_replicas=settings.table_standby_replicas,
         autodiscover=False,
         producer_acks=-1,
         # Decisions, dead letters and the state changelog alike: one producer, and the outbox builds its batches from it.
@@ -112,11 +165,18 @@ def create_app(
     metrics.set_policy(policy.version, policy.digest, time.time())
 
     # Per-product decision state, co-partitioned with the input (same partition count), changelog-backed.
-    table = app.Table(
-        "decision-state", schema=RawSchema(key_serializer="raw", value_serializer="raw"),
+    table = app.tables.add(StateTable(
+        app, name=STATE_TABLE, beacon=app.tables.beacon, store_factory=store_factory(settings),
+        schema=RawSchema(key_serializer="raw", value_serializer="raw"),
         partitions=input_partitions or settings.topic_partitions,
-    )
-    store = TableStateStore(table)
+    ))
+    store = TableStateStore(table, table.data)
+    table.data.on_restored = lambda role, records: metrics.state_restored.labels(role).inc(records)
+    for role in ("active", "standby"):
+        metrics.state_restored.labels(role)  # both series exist from the start, as alert rules expect
+    metrics.watch_state(lambda: StateHeld(
+        table.data.held(), getattr(table.data, "cache_bytes", lambda: None)(), _standby_lag(app, table),
+    ))
     runtime = Runtime(settings, Processor(policy, store, dead_letter_max_bytes), metrics, store)
     app.compliance = runtime  # type: ignore[attr-defined]
 
@@ -129,6 +189,15 @@ def create_app(
     lifecycle = PolicyLifecycle(app, runtime, store, settings.decisions_topic, settings.input_topic, policy_offsets)
     app.task(lifecycle.follow_policies)
     app.task(lifecycle.rescreen_forever)
+
+    @app.on_partitions_revoked.connect
+    async def forget_unstored_changes(sender: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+        # Events of revoked partitions not yet acked are read again (here or elsewhere): so are their state changes.
+        store.forget(tp.partition for tp in revoked if tp.topic == settings.input_topic)
+
+    @app.on_partitions_assigned.connect
+    async def own_assigned_partitions(sender: faust.App, assigned: set[Any], **kwargs: Any) -> None:
+        store.own(tp.partition for tp in assigned if tp.topic == settings.input_topic)
 
     @app.on_rebalance_complete.connect
     async def rescreen_after_recovery(sender: faust.App, **kwargs: Any) -> None:
@@ -188,7 +257,9 @@ class Prepared:
 async def prepare(settings: Settings, fallback: Policy) -> Prepared:
     """Create missing topics, and read the policy topic: the policy in force is what its documents make of the fallback."""
     notes: list[tuple[int, str, dict[str, Any]]] = []
-    partitions, created, dead_letter_max_bytes = await ensure_topics(settings, DEAD_LETTER_MAX_BYTES)
+    changelog = changelog_topic(settings)
+    partitions, created, dead_letter_max_bytes = await ensure_topics(settings, DEAD_LETTER_MAX_BYTES, changelog=changelog)
+    check_partitions(settings, partitions, changelog)
     if dead_letter_max_bytes < DEAD_LETTER_MAX_BYTES:
         notes.append((
             logging.WARNING,
@@ -229,6 +300,22 @@ async def prepare(settings: Settings, fallback: Policy) -> Prepared:
     return Prepared(policy, origin, partitions[settings.input_topic], source.end_offsets, notes, dead_letter_max_bytes)
 
 
+def hold_state_dir(settings: Settings) -> None:
+    """Create and lock STATE_DIR/APP_ID for this process (RocksDB), or stop with one line saying why not."""
+    if settings.state_store != "rocksdb":
+        return
+    path = state_path(settings)
+    try:
+        lock_state_dir(path)
+    except StateDirInUse as exc:
+        raise SettingsError(f"STATE_DIR={str(settings.state_dir)!r}: {exc}; give each worker its own STATE_DIR") from None
+    except OSError as exc:
+        raise SettingsError(
+            f"STATE_DIR={str(settings.state_dir)!r}: cannot create or lock {path} ({exc.strerror or exc}); "
+            "set STATE_DIR to a directory this user can write"
+        ) from None
+
+
 def ensure_port_free(host: str, port: int) -> None:
     """Fail with one clear line, not Faust's traceback, when the web port is taken."""
     if port == 0:
@@ -252,6 +339,7 @@ def run_worker(settings: Settings) -> int:
     memory.keep_large_blocks_out_of_the_heap()  # large messages must not leave RSS high after they are gone
     policy = load_policy(settings)  # a bad policy file stops here, before anything connects
     client_options(settings)  # so do unusable certificate or key files
+    hold_state_dir(settings)  # and a state directory that cannot be written or is another worker's
     scrub_logs(settings)  # before any logging: secrets never reach a log line, whichever library writes it
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
     aiokafka_log = logging.getLogger("aiokafka")

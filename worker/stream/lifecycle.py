@@ -5,25 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any, cast
 
 import faust
 import orjson
 
-from worker.core import InvalidEvent
+from worker.core import InvalidEvent, Policy
 from worker.core.clock import format_timestamp
-from worker.core.state import ProductState, rescreen
+from worker.core.state import ProductState, rescreen, stored_policy_version
 from worker.kafka.consumer import Consumer
 from worker.kafka.security import client_options
 from worker.kafka.transactions import Transactions
 from worker.stream.policy_source import PolicyRecord, PolicySource, judge
 from worker.stream.runtime import Runtime
-from worker.stream.state_store import TableStateStore
+from worker.stream.state_store import TableStateStore, Write, changelog_offsets
 
 log = logging.getLogger("worker.policy")
-
-RESCREEN_CHUNK = 500
 
 
 class PolicyLifecycle:
@@ -99,30 +96,22 @@ class PolicyLifecycle:
     def _active_partitions(self) -> set[int]:
         return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.input_topic}
 
-    def _due(self, keys: list[bytes], version: str, active: set[int]) -> Iterator[tuple[bytes, bytes, ProductState]]:
-        for key in keys:
-            data = self.store.get(key)
-            if data is None:
-                continue
-            state = ProductState.decode(data)
-            if state.partition in active and state.policy_version != version:
-                yield key, data, state
-
     async def rescreen_pass(self) -> None:
         """Decide every known product of this worker's partitions again under the policy in force.
 
         Publishes a decision (reason POLICY_CHANGE) only where block/allow flips,
         stores the new policy version for every product so none is re-screened
-        twice for one version, and yields to live traffic between chunks.
+        twice for one version, and yields to live traffic between chunks. Each
+        partition's stored states are read a chunk at a time, never all at once.
         """
         policy = self.runtime.policy
         metrics = self.runtime.metrics
-        active = self._active_partitions()
-        keys = self.store.keys()
+        partitions = sorted(self._active_partitions())
         pending = 0
-        for start in range(0, len(keys), RESCREEN_CHUNK):
-            pending += sum(1 for _ in self._due(keys[start:start + RESCREEN_CHUNK], policy.version, active))
-            await asyncio.sleep(0)  # counting a large store must not hold up live events either
+        for partition in partitions:
+            for chunk in self.store.scan(partition):
+                pending += sum(1 for _, data in chunk if stored_policy_version(data) != policy.version)
+                await asyncio.sleep(0)  # counting a large store must not hold up live events either
         if not pending:
             return
         started = time.monotonic()
@@ -132,15 +121,18 @@ class PolicyLifecycle:
             extra={"event": "rescreen_started", "products": pending, "policy_version": policy.version},
         )
         changed = unchanged = 0
-        for start in range(0, len(keys), RESCREEN_CHUNK):
-            if self.runtime.policy is not policy:
-                self.request_rescreen()  # a newer policy arrived: start over under it
-                break
-            chunk_changed, chunk_unchanged = await self._rescreen_chunk(keys[start:start + RESCREEN_CHUNK], policy, active)
-            changed += chunk_changed
-            unchanged += chunk_unchanged
-            metrics.rescreen_pending.set(max(0, pending - changed - unchanged))
-            await asyncio.sleep(0)  # live events go first
+        for partition in partitions:
+            for chunk in self.store.scan(partition):
+                if self.runtime.policy is not policy:
+                    self.request_rescreen()  # a newer policy arrived: start over under it
+                    return
+                if partition not in self._active_partitions():
+                    break  # revoked meanwhile: its new owner re-screens it
+                chunk_changed, chunk_unchanged = await self._rescreen_chunk(partition, chunk, policy)
+                changed += chunk_changed
+                unchanged += chunk_unchanged
+                metrics.rescreen_pending.set(max(0, pending - changed - unchanged))
+                await asyncio.sleep(0)  # live events go first
         seconds = time.monotonic() - started
         metrics.rescreen_pending.set(0)
         metrics.rescreen_duration.set(seconds)
@@ -153,23 +145,29 @@ class PolicyLifecycle:
             },
         )
 
-    async def _rescreen_chunk(self, keys: list[bytes], policy: Any, active: set[int]) -> tuple[int, int]:
+    async def _rescreen_chunk(
+        self, partition: int, chunk: list[tuple[bytes, bytes]], policy: Policy,
+    ) -> tuple[int, int]:
         """Re-screen one chunk; counted (compliance_rescreened_products_total) once its output is acknowledged, and
         under exactly_once once it is committed, so a reader who sees the count sees the decisions too."""
         if not self.app.in_transaction:
-            changed, unchanged, _ = await self._rescreen_chunk_sends(keys, policy, active, None)
+            changed, unchanged, writes, sent = await self._rescreen_chunk_sends(partition, chunk, policy, None)
+            self.store.durable(writes, changelog_offsets(sent))
             self._count_rescreened(changed, unchanged)
             return changed, unchanged
-        # Under exactly_once the chunk's decisions and state changes go into the transactions of their
-        # partitions and are committed before live batches go on (they wait at the gate meanwhile).
+        # Under exactly_once the chunk's decisions and state changes go into the transaction of its partition and
+        # are committed before live batches go on (they wait at the gate meanwhile).
         consumer = cast(Consumer, self.app.consumer)
         async with consumer.gate.exclusive():
             try:
-                changed, unchanged, partitions = await self._rescreen_chunk_sends(keys, policy, active, self.transactions)
-                await consumer.commit_transactions(self.transactions.transactional_id(p) for p in partitions)
+                changed, unchanged, writes, sent = await self._rescreen_chunk_sends(
+                    partition, chunk, policy, self.transactions
+                )
+                await consumer.commit_transactions([self.transactions.transactional_id(partition)])
             except BaseException as exc:
-                consumer.gate.fail(exc)  # half a chunk is in the open transactions: they must never commit
+                consumer.gate.fail(exc)  # half a chunk is in the open transaction: it must never commit
                 raise
+        self.store.durable(writes, changelog_offsets(sent))
         self._count_rescreened(changed, unchanged)
         return changed, unchanged
 
@@ -178,13 +176,16 @@ class PolicyLifecycle:
         self.runtime.metrics.rescreened.labels("unchanged").inc(unchanged)
 
     async def _rescreen_chunk_sends(
-        self, keys: list[bytes], policy: Any, active: set[int], transactions: Transactions | None,
-    ) -> tuple[int, int, set[int]]:
+        self, partition: int, chunk: list[tuple[bytes, bytes]], policy: Policy, transactions: Transactions | None,
+    ) -> tuple[int, int, list[Write], list[tuple[int, Any, int]]]:
         now = time.time()
         decided_at = format_timestamp(now)
-        writes = []
+        decided = []
         deliveries = []
-        for key, data, state in self._due(keys, policy.version, active):
+        for key, data in chunk:
+            if stored_policy_version(data) == policy.version:
+                continue
+            state = ProductState.decode(key, data)
             try:
                 transition = rescreen(state, policy, now)
             except InvalidEvent as exc:
@@ -195,7 +196,7 @@ class PolicyLifecycle:
                     policy.version, exc.code, exc.message,
                     extra={"event": "rescreen_undecidable", "code": str(exc.code)},
                 )
-                writes.append((key, data, state._replace(policy_version=policy.version).encode(), state.partition, False))
+                decided.append((key, data, state._replace(policy_version=policy.version).encode(), False))
                 continue
             if transition is None or transition.state is None:
                 continue
@@ -205,24 +206,29 @@ class PolicyLifecycle:
                 })
                 value = orjson.dumps(record)
                 deliveries.append(await (
-                    transactions.send(state.partition, self.decisions_topic, key, value) if transactions is not None
+                    transactions.send(partition, self.decisions_topic, key, value) if transactions is not None
                     else self.app.producer.send(self.decisions_topic, key, value, None, None, None)
                 ))
-            writes.append((key, data, transition.state.encode(), state.partition, transition.changed))
+            decided.append((key, data, transition.state.encode(), transition.changed))
         # Decisions are acknowledged before the state says "re-screened": a crash in between re-screens again.
         await asyncio.gather(*deliveries)
         changed = unchanged = 0
-        changelog = []
-        partitions = {partition for _, _, _, partition, _ in writes}
-        for key, old, new, partition, did_change in writes:
-            if self.store.get(key) != old:
+        writes = []
+        for key, old, new, did_change in decided:
+            if self.store.get(key, partition) != old:
                 continue  # a live event decided this product meanwhile, under the same policy
-            changelog.append(self.store.write(key, new, partition))
+            writes.append(self.store.stage_write(key, new, partition))
             if did_change:
                 changed += 1
             else:
                 unchanged += 1
         # Its own changelog records, not the live batch's: those are sent and awaited with their batch.
         send = transactions.send_to_own_partition if transactions is not None else self.app.producer.send
-        await asyncio.gather(*await self.store.send(changelog, send))
-        return changed, unchanged, partitions
+        try:
+            deliveries = await self.store.send(writes, send)
+            await asyncio.gather(*deliveries)
+        except BaseException:
+            self.store.discard(writes)
+            raise
+        sent = [(write[0], delivery, 1) for write, delivery in zip(writes, deliveries)]
+        return changed, unchanged, writes, sent

@@ -7,6 +7,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
@@ -49,6 +50,54 @@ class ConsumerLagCollector(Collector):
             lag.add_metric(labels, max(0, highwater - (committed or 0)))
         yield lag
         yield end
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
+
+class StateHeld(NamedTuple):
+    """What the state's collector reads at scrape time."""
+
+    partitions: list[tuple[int, str, int]]  # (partition, "active" or "standby", products) of each partition held
+    cache_bytes: int | None  # the RocksDB block cache's usage (None: the memory store)
+    standby_lag: dict[int, int]  # per standby partition: changelog records its copy has not received yet
+
+
+class StateCollector(Collector):
+    """The state partitions this worker holds and what they cost, read from the store at scrape time."""
+
+    def __init__(self, read_state: Callable[[], StateHeld]) -> None:
+        self._read_state = read_state
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        products = GaugeMetricFamily(
+            "compliance_state_products",
+            "Products whose state this worker holds, per state partition and role (RocksDB: its estimate)",
+            labels=["partition", "role"],
+        )
+        cache = GaugeMetricFamily(
+            "compliance_state_cache_bytes",
+            "Bytes in the RocksDB block cache all state partitions share (memtables, index and filter blocks included)",
+        )
+        lag = GaugeMetricFamily(
+            "compliance_state_standby_lag_records",
+            "Changelog records of a standby partition its copy here has not received yet (what a takeover would "
+            "still have to read)",
+            labels=["partition"],
+        )
+        try:
+            state = self._read_state()
+        except Exception:  # noqa: BLE001 - a scrape must never fail because a partition is being closed
+            state = StateHeld([], None, {})
+        for partition, role, count in state.partitions:
+            products.add_metric([str(partition), role], count)
+        for partition, records in sorted(state.standby_lag.items()):
+            lag.add_metric([str(partition)], records)
+        yield products
+        yield lag
+        if state.cache_bytes is not None:
+            cache.add_metric([], state.cache_bytes)
+            yield cache
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []
@@ -141,6 +190,7 @@ class ComplianceMetrics:
     rescreened: Counter
     rescreen_pending: Gauge
     rescreen_duration: Gauge
+    state_restored: Counter
     gc_pauses: GcPauses
 
     @classmethod
@@ -196,6 +246,12 @@ class ComplianceMetrics:
                 "compliance_rescreen_last_duration_seconds", "How long the last re-screening pass took",
                 registry=registry,
             ),
+            state_restored=Counter(
+                "compliance_state_restored_records",
+                "State changelog records applied to the local store by a recovery, by role (active: before the "
+                "partition's events are decided; standby: keeping a copy up to date)",
+                ["role"], registry=registry,
+            ),
             gc_pauses=GcPauses(registry),
         )
 
@@ -206,3 +262,6 @@ class ComplianceMetrics:
 
     def watch_consumer(self, read_offsets: Callable[[], TopicPartitionOffsets]) -> None:
         self.registry.register(ConsumerLagCollector(read_offsets))
+
+    def watch_state(self, read_state: Callable[[], StateHeld]) -> None:
+        self.registry.register(StateCollector(read_state))

@@ -60,9 +60,9 @@ def _quoted(text: str) -> str:
 
 
 class StateStore(Protocol):
-    """Where per-product state lives: a Faust table in the worker, a dict in tests."""
+    """Where per-product state lives, by input partition: the worker's state table, a dict in tests."""
 
-    def get(self, key: bytes) -> bytes | None: ...
+    def get(self, key: bytes, partition: int) -> bytes | None: ...
 
     def put(self, key: bytes, value: bytes, partition: int) -> None: ...
 
@@ -70,7 +70,10 @@ class StateStore(Protocol):
 
 
 class MemoryStateStore(dict[bytes, bytes]):
-    """A StateStore in a dict, for tests and offline use."""
+    """A StateStore in a dict, for tests and offline use (one partition's worth: the partition is not kept)."""
+
+    def get(self, key: bytes, partition: int = 0) -> bytes | None:  # type: ignore[override]
+        return dict.get(self, key)
 
     def put(self, key: bytes, value: bytes, partition: int) -> None:
         self[key] = value
@@ -124,9 +127,9 @@ class Processor:
             product_key = event.product_id.encode()
             if key != product_key:
                 return self._key_mismatch(value, key, product_key, topic, partition, offset, now)
-            stored = self.state.get(product_key)
-            previous = ProductState.decode(stored) if stored is not None else None
-            transition = decide(event, self.policy, previous, partition, now)
+            stored = self.state.get(product_key, partition)
+            previous = ProductState.decode(product_key, stored) if stored is not None else None
+            transition = decide(event, self.policy, previous, now)
         except InvalidEvent as exc:
             return self._dead_letter(value, key, topic, partition, offset, now, exc.code, exc.message)
         if transition.state is not None:

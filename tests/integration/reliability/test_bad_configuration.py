@@ -16,9 +16,10 @@ WORKER = str(Path(sys.executable).with_name("compliance-worker"))
 
 
 def run_worker(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "POLICY_", "WORKER_", "PROCESSING_"))}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "POLICY_", "WORKER_", "PROCESSING_", "STATE_"))}
     return subprocess.run(
-        [WORKER, "worker"], env={**clean, "WORKER_WEB_HOST": "127.0.0.1", **env}, cwd=tmp_path,
+        [WORKER, "worker"], env={**clean, "WORKER_WEB_HOST": "127.0.0.1", "STATE_DIR": str(tmp_path / "state"), **env},
+        cwd=tmp_path,
         capture_output=True, text=True, timeout=60,
     )
 

@@ -323,7 +323,11 @@ def test_policy_publish_over_sasl_ssl_with_its_password_in_the_environment(broke
 def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "POLICY_", "WORKER_", "PROCESSING_"))}
     return subprocess.run(
-        [WORKER, *args], env={**clean, "WORKER_WEB_HOST": "127.0.0.1", "WORKER_WEB_PORT": str(free_port()), **env},
+        [WORKER, *args],
+        env={
+            **clean, "WORKER_WEB_HOST": "127.0.0.1", "WORKER_WEB_PORT": str(free_port()),
+            "STATE_DIR": str(tmp_path / "state"), **env,
+        },
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
 

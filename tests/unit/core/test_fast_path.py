@@ -20,7 +20,7 @@ from worker.core import InvalidEvent, Policy, ProductEvent, decode_event, load_b
 from worker.core.classify import Decision, classify, decision_id, judge_afresh
 from worker.core.clock import format_timestamp
 from worker.core.event import EventFacts, decode_event_reference, decode_typical
-from worker.core.state import _FACT_FIELDS, ProductState, StoredState
+from worker.core.state import _V1_FACT_FIELDS, ProductState, StoredState, title_digest
 from worker.stream.processing import MemoryStateStore, Outcome, Processor
 from worker.commands.sample import generate, taxonomy
 
@@ -50,7 +50,7 @@ def assert_decodes_alike(raw: bytes) -> None:
 
 
 def test_facts_are_product_event_in_its_order() -> None:
-    assert EventFacts.__struct_fields__ == ProductEvent._fields == _FACT_FIELDS
+    assert EventFacts.__struct_fields__ == ProductEvent._fields == _V1_FACT_FIELDS
 
 
 def test_typical_event_takes_the_fast_path() -> None:
@@ -360,11 +360,22 @@ def test_decision_id_is_unchanged() -> None:
 
 
 def reference_state_encoding(state: ProductState) -> bytes:
-    """How states were stored before (orjson), which states already in changelogs hold."""
+    """Format 2 spelled out with orjson: a JSON array, the format number first, then the fields in this order."""
+    facts = state.facts
+    return orjson.dumps([
+        2, state.decision, facts.product_version, state.cluster, state.cross_border, state.policy_version,
+        state.decided_at_ms, list(state.reasons), facts.event_id, facts.seller_id, facts.seller_country,
+        facts.ship_from_country, facts.category_path, facts.category_id, facts.hs_code, facts.price_amount,
+        facts.price_currency, facts.occurred_at, state.title_digest,
+    ])
+
+
+def version_1_encoding(state: ProductState, decision_id: str, partition: int, title: str | None) -> bytes:
+    """How an older worker stored states (a JSON object), which changelogs written before format 2 still hold."""
     return orjson.dumps({
         "decision": state.decision, "cluster": state.cluster, "cross_border": state.cross_border,
-        "policy_version": state.policy_version, "decision_id": state.decision_id, "partition": state.partition,
-        "facts": dict(zip(_FACT_FIELDS, state.facts)),
+        "policy_version": state.policy_version, "decision_id": decision_id, "partition": partition,
+        "facts": dict(zip(_V1_FACT_FIELDS, state.facts._replace(title=title))),
     })
 
 
@@ -375,16 +386,32 @@ optional_text = st.none() | st.text(min_size=1, max_size=20)
 @given(
     st.builds(ProductEvent, st.text(min_size=1), st.text(min_size=1), st.none() | st.integers(0, 2**63 - 1), optional_text,
               st.sampled_from(["ID", "CN"]), st.sampled_from(["ID", "CN"]), st.text(min_size=1), optional_text,
-              optional_text, optional_text, optional_text, optional_text, optional_text),
+              optional_text, optional_text, optional_text, optional_text, st.none()),
     st.sampled_from(["block", "allow"]), st.none() | st.sampled_from(["crafts", "textile_fashion"]), st.booleans(),
-    st.integers(0, 1000),
+    st.integers(0, 2**53), st.lists(st.sampled_from(["DOMESTIC_ITEM", "FOREIGN_SELLER", "MATCHED_CATEGORY_PATH"])),
+    optional_text,
 )
-def test_state_encoding_is_unchanged(facts: ProductEvent, decision: str, cluster: str | None, cross_border: bool, partition: int) -> None:
-    state = ProductState(decision, cluster, cross_border, "2026.11.0", "ab" * 16, partition, facts)
+def test_state_encoding_is_format_2_and_reads_format_1(
+    facts: ProductEvent, decision: str, cluster: str | None, cross_border: bool, decided_at_ms: int,
+    reasons: list[str], title: str | None,
+) -> None:
+    state = ProductState(decision, cluster, cross_border, "2026.11.0", decided_at_ms, tuple(reasons), facts, title_digest(title))
     encoded = state.encode()
     assert encoded == reference_state_encoding(state)
-    assert ProductState.decode(encoded) == state
-    assert StoredState.__struct_fields__ == ("decision", "cluster", "cross_border", "policy_version", "decision_id", "partition", "facts")
+    key = facts.product_id.encode()
+    assert ProductState.decode(key, encoded) == state
+    # A newer worker reads what an older one wrote: the same state, but for what format 1 did not keep.
+    older = ProductState.decode(key, version_1_encoding(state, "ab" * 16, 3, title))
+    assert older == state._replace(decided_at_ms=0, reasons=())
+
+
+def test_state_format_2_fields_are_unchanged() -> None:
+    # Records in changelogs are read by newer workers: fields are only ever added at the end, with a default.
+    assert StoredState.__struct_fields__ == (
+        "decision", "product_version", "cluster", "cross_border", "policy_version", "decided_at_ms", "reasons",
+        "event_id", "seller_id", "seller_country", "ship_from_country", "category_path", "category_id", "hs_code",
+        "price_amount", "price_currency", "occurred_at", "title_digest",
+    )
 
 
 class _NoFastPath:

@@ -77,9 +77,11 @@ def test_tombstone_clears_state(processor: Processor) -> None:
 
 
 def test_state_round_trips_through_bytes(policy: Policy) -> None:
-    transition = decide(decode_event(event(7, "CN")), policy, None, 3)
+    transition = decide(decode_event(event(7, "CN")), policy, None, 1_800_000_000.0)
     assert transition.state is not None
-    assert ProductState.decode(transition.state.encode()) == transition.state
+    assert ProductState.decode(b"P-1", transition.state.encode()) == transition.state
+    assert transition.state.decided_at_ms == 1_800_000_000_000
+    assert transition.state.reasons == transition.decision.reasons
 
 
 def _policy(version: str, *, cluster_for_dresses: str | None) -> Policy:
@@ -94,8 +96,8 @@ def _policy(version: str, *, cluster_for_dresses: str | None) -> Policy:
 def test_rescreen_publishes_only_flips_and_never_twice_for_one_version() -> None:
     restricted = _policy("v1", cluster_for_dresses="textile_fashion")
     lifted = _policy("v2", cluster_for_dresses=None)
-    imported = decide(decode_event(event(1, "CN")), restricted, None, 0).state
-    local = decide(decode_event(event(1, "ID", product="P-2")), restricted, None, 0).state
+    imported = decide(decode_event(event(1, "CN")), restricted, None).state
+    local = decide(decode_event(event(1, "ID", product="P-2")), restricted, None).state
     assert imported is not None and local is not None
 
     flip = rescreen(imported, lifted)

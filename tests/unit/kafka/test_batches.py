@@ -24,7 +24,8 @@ def app() -> Iterator[faust.App]:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        app = create_app(Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}), load_bundled_policy())
+        settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "STATE_STORE": "memory"})
+        app = create_app(settings, load_bundled_policy())
         app.consumer_generation_id = 7
         app.flow_control.resume()
         app.topics.acking_topics.add(TOPIC)  # what the conductor does once the running worker subscribes

@@ -24,7 +24,9 @@ def make_consumer(*, in_transaction: bool = False) -> Iterator[Consumer]:
     asyncio.set_event_loop(loop)
     try:
         guarantee = "exactly_once" if in_transaction else "at_least_once"
-        settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "PROCESSING_GUARANTEE": guarantee})
+        settings = Settings.from_env({
+            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "PROCESSING_GUARANTEE": guarantee, "STATE_STORE": "memory",
+        })
         app = create_app(settings, load_bundled_policy())
         consumer = app.consumer
         assert isinstance(consumer, Consumer), "the app must be built with the extended consumer"
@@ -547,3 +549,23 @@ def test_positions_are_forgotten_when_the_flow_stops_or_a_seek_starts(consumer: 
     consumer._consumed_to = {INPUT: 106}
     run(consumer, consumer.perform_seek())
     assert consumer._consumed_to == {}
+
+
+def test_a_commit_tells_which_partitions_it_committed(consumer: Consumer, monkeypatch: pytest.MonkeyPatch) -> None:
+    mine, gone = TP("in", 0), TP("in", 1)
+    committed: list[set[TP]] = []
+    sent: list[Mapping[TP, int]] = []
+
+    async def commit(offsets: Mapping[TP, int]) -> bool:
+        sent.append(dict(offsets))
+        return True
+
+    async def flush() -> None:
+        return None
+
+    monkeypatch.setattr(consumer, "assignment", lambda: {mine})
+    monkeypatch.setattr(consumer, "_commit", commit)
+    monkeypatch.setattr(consumer.app.producer, "flush", flush)
+    consumer.on_committed = committed.append
+    assert run(consumer, consumer._commit_offsets({mine: 5, gone: 3})) is True
+    assert sent == [{mine: 5}] and committed == [{mine}], "only what Faust committed: a revoked partition is not"
