@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -130,6 +131,7 @@ def test_the_partition_is_the_original_one_on_the_original_topic(target: str, so
                      UNREADABLE, id="source-partition-not-a-number"),
         pytest.param(letter(payload_base64=...), SKIPPED, "", UNREADABLE, id="no-payload"),
         pytest.param(letter(payload_base64="not base64!"), SKIPPED, "", UNREADABLE, id="payload-not-base64"),
+        pytest.param(letter(payload_base64="aGVs*bG8="), SKIPPED, "", UNREADABLE, id="payload-base64-with-a-stray-character"),
     ],
 )
 def test_what_each_dead_letter_becomes(value: bytes | None, kind: str, code: str, reason: str | None) -> None:
@@ -258,19 +260,27 @@ class Source:
 
 
 class Broker:
-    """Acknowledges every send, except the ones at the indexes in ``refuse``."""
+    """Acknowledges every send at once, except the ones at the indexes in ``refuse``; ``refuse_later`` maps the index
+    of a send to the one whose sending makes the broker refuse it (acknowledgements come back after later sends)."""
 
-    def __init__(self, refuse: Iterable[int] = ()) -> None:
+    def __init__(self, refuse: Iterable[int] = (), refuse_later: dict[int, int] | None = None) -> None:
         self.sent: list[Replay] = []
         self.refuse = set(refuse)
+        self.refuse_later = refuse_later or {}
+        self.pending: dict[int, asyncio.Future[Any]] = {}
 
     async def send(self, item: Replay) -> asyncio.Future[Any]:
+        index = len(self.sent)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if len(self.sent) in self.refuse:
+        if index in self.refuse:
             future.set_exception(RuntimeError("MessageSizeTooLargeError"))
+        elif index in self.refuse_later:
+            self.pending[self.refuse_later[index]] = future
         else:
             future.set_result(None)
         self.sent.append(item)
+        if index in self.pending:
+            self.pending.pop(index).set_exception(RuntimeError("NotEnoughReplicasError"))
         return future
 
 
@@ -347,6 +357,14 @@ def test_a_refused_record_stops_the_replay_and_it_goes_on_from_there() -> None:
     assert summary.resume == {0: 1, 1: 1}
 
 
+def test_a_record_refused_after_later_ones_were_sent_is_where_its_partition_goes_on() -> None:
+    broker = Broker(refuse_later={0: 2})  # a (0/0) is refused once b (0/1) is sent; { (1/0) went through
+    summary, _ = run_replay(mixed(), broker)
+    assert [item.value for item in broker.sent] == [b"a", b"{", b"b"]
+    assert summary.stopped == "the broker did not acknowledge a record: RuntimeError: NotEnoughReplicasError"
+    assert (summary.replayed, summary.resume) == (2, {0: 0, 1: 1})  # { and b acknowledged; partition 0 again from a
+
+
 def test_an_interrupted_replay_counts_what_was_acknowledged_and_where_to_go_on() -> None:
     broker = Broker()
     summary, _ = run_replay(mixed(), broker, cancel_at=3)
@@ -403,6 +421,24 @@ def test_execute_summary_names_the_time_to_look_for_new_dead_letters_from() -> N
         "  not selected: 2 (INVALID_JSON 1, TOMBSTONE_WITHOUT_KEY 1)",
         f"  next time:    dead letters of records replayed now fail after {FAILED_AT}: --since {FAILED_AT} selects only those",
     ])
+
+
+def test_progress_on_a_terminal_is_one_line_rewritten_then_cleared() -> None:
+    out = io.StringIO()
+    progress = dead_letters.Progress(out, total=7, dry_run=False)
+    summary = Summary(DLT, INPUT, dry_run=False)
+    summary.read, summary.replayed = 3, 2
+    progress.update(summary)
+    summary.read = 4
+    progress.update(summary)  # within half a second of the last: not shown
+    progress.clear()
+    assert out.getvalue() == "\rread 3/~7 dead letters, 2 replayed \r\033[K"
+
+
+def test_no_progress_line_is_cleared_when_none_was_shown() -> None:
+    out = io.StringIO()
+    dead_letters.Progress(out, total=7, dry_run=True).clear()
+    assert out.getvalue() == ""
 
 
 # --- the command line ------------------------------------------------------------------------------------------
