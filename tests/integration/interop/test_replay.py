@@ -86,10 +86,17 @@ def wait_until_decided_to(worker: WorkerProcess, ends: dict[int, int]) -> None:
     pytest.fail(f"the worker did not catch up to {ends} (end offset, lag: {seen}):\n{worker.tail_log()}", pytrace=False)
 
 
-def test_dead_letters_are_replayed_after_the_policy_is_fixed(kafka: str, topics: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_dead_letters_are_replayed_after_the_policy_is_fixed(
+    kafka: str, topics: dict[str, str], tmp_path: Path, guarantee: str,
+) -> None:
+    """Under exactly_once the dead letters are written in transactions: read read_committed, past their markers."""
     policy_topic = f"{topics['input']}.policies"
     worker = WorkerProcess.on(kafka, topics, tmp_path / "worker.log")
-    worker.start(POLICY_FILE=str(policy_file(tmp_path, "2026.12.0", {"IDR": "0.0000625"})), POLICY_TOPIC=policy_topic)
+    worker.start(
+        POLICY_FILE=str(policy_file(tmp_path, "2026.12.0", {"IDR": "0.0000625"})), POLICY_TOPIC=policy_topic,
+        PROCESSING_GUARANTEE=guarantee,
+    )
     try:
         worker.wait_ready()
         euro = {f"R-Ü-{n}": f"r-{n}" for n in range(6)}  # product id -> event id; a price in EUR, which has no rate
