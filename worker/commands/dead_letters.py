@@ -57,7 +57,7 @@ class ReplayUsageError(ComplianceError):
 
 
 class ReplayBrokerError(ComplianceError):
-    """The broker or a topic cannot be reached, or the broker refused a record: exit 1 (may work on a retry)."""
+    """The broker or a topic cannot be reached before anything is published: exit 1 (may work on a retry)."""
 
     retriable = True
 
