@@ -1,4 +1,4 @@
-"""The `compliance-worker` command: worker, check, simulate, policy validate/publish, sample."""
+"""The `compliance-worker` command: worker, check, simulate, policy validate/publish, dead-letters replay, sample."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 
 from worker.core import ComplianceError, Policy, load_bundled_policy, load_policy_file
 from worker.core.policy import BUNDLED_POLICY, parse_instant, read_policy_file
-from worker.settings import Settings, settings_table
+from worker.core.errors import ErrorCode
+from worker.settings import TOPIC_NAME_RE, Settings, settings_table
 
 
 def _policy_from(path: str | None, env: Mapping[str, str]) -> Policy:
@@ -28,6 +29,49 @@ def _instant(text: str) -> float:
         return parse_instant(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _error_code(text: str) -> str:
+    code = text.strip().upper()
+    if code not in ErrorCode.__members__:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a dead-letter error code ({', '.join(ErrorCode)})")
+    return code
+
+
+def _offset(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an offset or partition (a whole number, 0 or more)")
+    return number
+
+
+def _count(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return number
+
+
+def _topic_name(text: str) -> str:
+    if TOPIC_NAME_RE.fullmatch(text) is None or text in (".", ".."):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid Kafka topic name (letters, digits, . _ -; at most 249)")
+    return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return seconds
 
 
 def _settings_help() -> str:
@@ -83,6 +127,36 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--topic", help="overrides POLICY_TOPIC")
     publish.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker (default: 30)")
 
+    dead_letters = commands.add_parser("dead-letters", help="replay dead letters onto the input topic")
+    dead_letter_actions = dead_letters.add_subparsers(dest="action", required=True, metavar="ACTION")
+    replay = dead_letter_actions.add_parser(
+        "replay", help="re-publish dead letters' original key, bytes and headers (a dry run unless --execute)",
+        description="Reads DEAD_LETTER_TOPIC (read_committed, no consumer group) up to its end offsets at the start, "
+                    "selects dead letters by the filters and, with --execute, publishes each one's original key, "
+                    "value and headers to INPUT_TOPIC (or --to-topic), in dead-letter order, with the header "
+                    "compliance-replay-of: TOPIC/PARTITION/OFFSET of the dead letter added after them. Without "
+                    "--execute it only says what it would replay. Exit 0 when done, 1 when Kafka failed, 2 for "
+                    "bad arguments or settings.",
+        epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    replay.add_argument("--code", dest="codes", action="append", type=_error_code, metavar="CODE", default=[],
+                        help="only dead letters with this error code (repeat for several; default: every code)")
+    replay.add_argument("--since", type=_instant, metavar="WHEN",
+                        help="only dead letters that failed at or after WHEN (their failed_at): a date (midnight UTC) "
+                             "or an RFC 3339 timestamp with its offset")
+    replay.add_argument("--until", type=_instant, metavar="WHEN", help="only dead letters that failed before WHEN")
+    replay.add_argument("--partition", type=_offset, metavar="N", help="only this partition of the dead-letter topic")
+    replay.add_argument("--from-offset", type=_offset, metavar="N",
+                        help="with --partition: from this dead-letter offset (inclusive)")
+    replay.add_argument("--to-offset", type=_offset, metavar="N",
+                        help="with --partition: up to this dead-letter offset (inclusive)")
+    replay.add_argument("--limit", type=_count, metavar="N", help="replay at most N dead letters")
+    replay.add_argument("--to-topic", type=_topic_name, metavar="TOPIC", help="publish here instead of INPUT_TOPIC")
+    replay.add_argument("--execute", action="store_true", help="publish (without it: a dry run, nothing is published)")
+    replay.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    replay.add_argument("--bootstrap", help="overrides KAFKA_BOOTSTRAP_SERVERS")
+    replay.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait for the broker (default: 30)")
+
     sample = commands.add_parser("sample", help="print a realistic sample catalog as JSON lines")
     sample.add_argument("--count", type=int, default=1000)
     sample.add_argument("--seed", type=int, default=7)
@@ -130,10 +204,21 @@ def _policy_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = os.environ if env is None else env
-    command = args.command + (f" {args.action}" if args.command == "policy" else "")
+    command = args.command + (f" {args.action}" if args.command in ("policy", "dead-letters") else "")
     try:
         if args.command == "policy":
             return _policy_command(args, env)
+        if args.command == "dead-letters":
+            from worker.commands.dead_letters import Filters, run_replay
+
+            filters = Filters(
+                codes=frozenset(args.codes), since=args.since, until=args.until, partition=args.partition,
+                from_offset=args.from_offset, to_offset=args.to_offset,
+            )
+            return run_replay(
+                env, filters, to_topic=args.to_topic, execute=args.execute, limit=args.limit, timeout=args.timeout,
+                as_json=args.json, bootstrap=args.bootstrap,
+            )
         if args.command == "simulate":
             from worker.commands.simulate import run_simulate
 
@@ -165,8 +250,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             return run_worker(settings)
     except ComplianceError as exc:
         sys.stderr.write(f"compliance-worker {command}: {exc.message}\n")
-        # publish: 1 = the broker failed, try again; 2 (everywhere) = the policy or a setting is wrong
-        return 1 if args.command == "policy" and exc.retriable else 2
+        # publish, replay: 1 = the broker failed, try again; 2 (everywhere) = an argument, the policy or a setting is wrong
+        return 1 if args.command in ("policy", "dead-letters") and exc.retriable else 2
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): stop quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)
