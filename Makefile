@@ -32,7 +32,7 @@ LOCK_ARGS := --generate-hashes --python-version 3.11 --universal --quiet
 lock: $(INSTALLED)
 	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	$(BIN)/uv pip compile pyproject.toml $(LOCK_ARGS) -o requirements/runtime.lock
-	$(BIN)/uv pip compile pyproject.toml --extra test $(LOCK_ARGS) -o requirements/test.lock
+	$(BIN)/uv pip compile pyproject.toml --extra test --extra bench $(LOCK_ARGS) -o requirements/test.lock
 
 install: $(INSTALLED) system-deps
 

@@ -206,6 +206,26 @@ def raw_aiokafka(bootstrap: str, topics: Topics, group: str, log_path: Path, max
     return Proc(f"raw_aiokafka {group}", argv, clean_env(), log_path)
 
 
+def confluent_raw(bootstrap: str, topics: Topics, group: str, log_path: Path, max_records: int) -> Proc:
+    argv = [
+        sys.executable, "-P", "-m", "bench.confluent_loop", "--bootstrap", bootstrap, "--input", topics.input,
+        "--decisions", topics.decisions, "--dead-letter", topics.dead_letter, "--group", group,
+        "--max-records", str(max_records),
+    ]
+    return Proc(f"confluent_raw {group}", argv, clean_env(), log_path)
+
+
+def quix_streams(bootstrap: str, topics: Topics, group: str, log_path: Path, state_dir: Path) -> Proc:
+    argv = [
+        sys.executable, "-P", "-m", "bench.quix_app", "--bootstrap", bootstrap, "--input", topics.input,
+        "--decisions", topics.decisions, "--dead-letter", topics.dead_letter, "--group", group,
+        "--state-dir", str(state_dir),
+    ]
+    # Quix reads settings from Quix__* variables too; none of the caller's may change how it runs.
+    env = {name: value for name, value in clean_env().items() if not name.lower().startswith("quix__")}
+    return Proc(f"quix_streams {group}", argv, env, log_path)
+
+
 async def wait_assigned(proc: Proc, timeout: float) -> None:
     """Until the process has its input partitions: /readyz for the worker, the raw loop's 'assigned' line."""
     if proc.web_port is not None:

@@ -30,6 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner
 
+from bench.changelog import ChangelogStore
 from bench.compat import DEAD_LETTER, Processor
 from worker.core import load_bundled_policy
 
@@ -44,25 +45,6 @@ class Announce(ConsumerRebalanceListener):
         names = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)  # type: ignore[attr-defined]
         sys.stderr.write(f"raw_loop: assigned {len(names)} partition(s): {' '.join(names)}\n")
         sys.stderr.flush()
-
-
-class ChangelogStore:
-    """Per-product state in a dict; each change is queued for the changelog topic (the worker's table does the same)."""
-
-    def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
-        self.writes: list[tuple[bytes, bytes | None, int]] = []
-
-    def get(self, key: bytes) -> bytes | None:
-        return self.data.get(key)
-
-    def put(self, key: bytes, value: bytes, partition: int) -> None:
-        self.data[key] = value
-        self.writes.append((key, value, partition))
-
-    def delete(self, key: bytes, partition: int) -> None:
-        if self.data.pop(key, None) is not None:
-            self.writes.append((key, None, partition))
 
 
 async def create_changelog(bootstrap: str, name: str, partitions: int) -> None:

@@ -13,6 +13,7 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = 2000
+PROCESS_BENCHES = ("raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust", "worker")
 THROUGHPUT_KEYS = {
     "events", "events_per_s", "outputs", "decisions", "dead_letters", "duplicates", "missing", "seconds",
     "startup_s", "wall_s", "cpu_s", "peak_rss_mb", "input_partitions", "exit_code",
@@ -23,7 +24,7 @@ def test_every_bench_prints_one_json_line_and_a_summary(kafka: str, tmp_path: Pa
     result = subprocess.run(
         [
             sys.executable, "-m", "bench", "--events", str(EVENTS),
-            "--only", "core,raw_aiokafka,naive_faust,worker,latency,scale",
+            "--only", "core,raw_aiokafka,confluent_raw,quix_streams,naive_faust,worker,latency,scale",
             "--core-repeats", "1", "--latency-rate", "1000", "--latency-seconds", "1",
             "--bootstrap", kafka, "--log-dir", str(tmp_path / "bench"),
         ],
@@ -31,7 +32,9 @@ def test_every_bench_prints_one_json_line_and_a_summary(kafka: str, tmp_path: Pa
     )
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}"
     lines = [orjson.loads(line) for line in result.stdout.splitlines()]
-    assert [line["bench"] for line in lines] == ["core", "raw_aiokafka", "naive_faust", "worker", "latency", "scale", "summary"]
+    assert [line["bench"] for line in lines] == [
+        "core", "raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust", "worker", "latency", "scale", "summary",
+    ]
     by_bench = {line["bench"]: line for line in lines}
     assert not any("error" in line for line in lines), result.stderr[-4000:]
 
@@ -40,7 +43,7 @@ def test_every_bench_prints_one_json_line_and_a_summary(kafka: str, tmp_path: Pa
     assert core["core/orjson_roundtrip"] > 0
     assert sum(core["outcomes"].values()) == EVENTS and core["outcomes"]["dead_letter"] > 0
 
-    for name in ("raw_aiokafka", "naive_faust", "worker"):
+    for name in PROCESS_BENCHES:
         line = by_bench[name]
         assert THROUGHPUT_KEYS <= set(line), name
         # Every input event came out exactly once, as a decision or a dead letter.
@@ -60,10 +63,12 @@ def test_every_bench_prints_one_json_line_and_a_summary(kafka: str, tmp_path: Pa
 
     summary = by_bench["summary"]
     assert summary["cores"] >= 1 and summary["worker_peak_rss_mb"] > 0 and summary["errors"] == []
-    assert summary["worker/raw_aiokafka"] > 0 and summary["worker/naive_faust"] > 0
+    for name in ("raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust"):
+        assert summary[f"worker/{name}"] > 0, name
+    assert summary["peak_rss_mb"] == {name: by_bench[name]["peak_rss_mb"] for name in PROCESS_BENCHES}
     assert set(summary["targets"]) == {
-        "worker>=5x_naive_faust", "worker>=0.25x_raw_aiokafka", "core>=0.5x_orjson_roundtrip",
-        "latency_p99<50ms", "scale>=1.6x", "rss_flat_within_10%",
+        "worker>=5x_naive_faust", "worker>=0.5x_raw_aiokafka", "worker>=1.0x_quix_streams", "worker>=1.3x_quix_streams",
+        "worker_peak_rss<quix_streams_peak_rss", "latency_p99<50ms", "scale>=1.6x", "rss_flat_within_10%",
     }
     assert summary["targets"]["rss_flat_within_10%"] is None  # rss was not asked for
     assert all(isinstance(summary["targets"][name], bool) for name in summary["targets"] if name != "rss_flat_within_10%")

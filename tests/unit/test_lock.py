@@ -37,9 +37,10 @@ def direct(requirements: list[str]) -> dict[str, str]:
 
 RUNTIME = direct(PYPROJECT["dependencies"])
 TEST = direct(PYPROJECT["optional-dependencies"]["test"])
+BENCH = direct(PYPROJECT["optional-dependencies"]["bench"])  # in test.lock too: one venv for make test and make bench
 
 
-@pytest.mark.parametrize(("lock", "wanted"), [("runtime.lock", RUNTIME), ("test.lock", {**RUNTIME, **TEST})],
+@pytest.mark.parametrize(("lock", "wanted"), [("runtime.lock", RUNTIME), ("test.lock", {**RUNTIME, **TEST, **BENCH})],
                          ids=["runtime", "test"])
 def test_the_lock_pins_every_direct_dependency_at_pyprojects_version(lock: str, wanted: dict[str, str]) -> None:
     locked = pins(lock)
@@ -49,7 +50,11 @@ def test_the_lock_pins_every_direct_dependency_at_pyprojects_version(lock: str, 
 def test_the_image_gets_the_versions_ci_tested_and_no_test_tools() -> None:
     runtime, test = pins("runtime.lock"), pins("test.lock")
     assert {name: test.get(name) for name in runtime} == runtime
-    assert not set(TEST) & set(runtime)
+    assert not (set(TEST) | set(BENCH)) & set(runtime)
+
+
+def test_the_extras_agree_on_every_package_they_share() -> None:
+    assert {name: BENCH[name] for name in set(BENCH) & set(TEST)} == {name: TEST[name] for name in set(BENCH) & set(TEST)}
 
 
 @pytest.mark.parametrize("lock", ["runtime.lock", "test.lock"])
