@@ -10,7 +10,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 from mode.services import WaitResults
 
-from worker.kafka import stable_offsets
+from worker.kafka import stable_offsets, unreadable
 from worker.kafka.transactions import TransactionAborted, TransactionGate
 
 READ_COMMITTED = "read_committed"
@@ -95,6 +95,14 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # noqa: SLF001 - read by AIOKafkaConsumer.start for its Fetcher
         if not self.consumer.in_transaction:  # exactly_once is read_committed already
             consumer._isolation_level = transport.isolation_level  # noqa: SLF001 - likewise
+        batches = transport.unreadable
+
+        def stop_partition(tp: TP, offset: int, error: BaseException) -> None:
+            consumer.pause(tp)  # no more fetches of a batch that cannot be read; Faust's next resume tries again
+            batches.met(tp, offset, error)
+
+        for topic in transport.watched_topics:
+            unreadable.watch(topic, stop_partition)
         return consumer
 
     def consumed_positions(self, is_changelog: Callable[[TP], bool]) -> dict[TP, int]:
@@ -395,10 +403,18 @@ class Consumer(faust_aiokafka.Consumer):
 
 
 class Transport(faust_aiokafka.Transport):
-    """Faust's aiokafka transport with the consumer above, reading its input at ``isolation_level``."""
+    """Faust's aiokafka transport with the consumer above, reading its input at ``isolation_level``.
+
+    A batch of one of ``watched_topics`` that cannot be read stops only its
+    partition (``worker/kafka/unreadable.py``), and ``unreadable`` tells which.
+    """
 
     Consumer = Consumer
 
-    def __init__(self, *args: Any, isolation_level: str = READ_COMMITTED, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, isolation_level: str = READ_COMMITTED, watched_topics: tuple[str, ...] = (), **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.isolation_level = isolation_level
+        self.watched_topics = watched_topics
+        self.unreadable = unreadable.UnreadableBatches()

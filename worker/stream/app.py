@@ -16,11 +16,12 @@ import faust
 from aiohttp.web import Response
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.sensors.prometheus import FaustMetrics
+from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from worker import __version__
 from worker.core import Policy, load_bundled_policy, load_policy_file
-from worker.kafka import backoff, buffer
+from worker.kafka import backoff, buffer, unreadable
 from worker.kafka.consumer import Consumer, Transport
 from worker.kafka.monitor import PrometheusMonitor
 from worker.kafka.probe import BrokerProbe
@@ -156,13 +157,19 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         producer_max_request_size=dead_letter_max_bytes,  # a dead letter is larger than its input (base64)
     )
-    app.transport = Transport(app.conf.broker_consumer, app, isolation_level=settings.kafka_isolation_level)
+    app.transport = Transport(
+        app.conf.broker_consumer, app, isolation_level=settings.kafka_isolation_level,
+        watched_topics=(settings.input_topic, changelog_topic(settings)),
+    )
+    stopped_at = app.transport.unreadable
     buffer.use_byte_bounded_buffers(app, STREAM_BUFFER_MAX_BYTES)
     metrics = ComplianceMetrics.create(registry)
     monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "faust"))
     app.monitor = monitor
     metrics.watch_consumer(lambda: _consumer_offsets(app, settings.input_topic))
     metrics.set_policy(policy.version, policy.digest, time.time())
+    stopped_at.on_new = lambda found: metrics.unreadable_batches.labels(found.topic, str(found.partition)).inc()
+    metrics.watch_unreadable(stopped_at.now)
 
     # Per-product decision state, co-partitioned with the input (same partition count), changelog-backed.
     table = app.tables.add(StateTable(
@@ -198,6 +205,7 @@ def create_app(
     @app.on_partitions_assigned.connect
     async def own_assigned_partitions(sender: faust.App, assigned: set[Any], **kwargs: Any) -> None:
         store.own(tp.partition for tp in assigned if tp.topic == settings.input_topic)
+        stopped_at.forget(lambda topic, partition: TP(topic, partition) in assigned)  # another worker's now
 
     @app.on_rebalance_complete.connect
     async def rescreen_after_recovery(sender: faust.App, **kwargs: Any) -> None:
@@ -227,7 +235,8 @@ def create_app(
         )
         broker = await probe.reachable()
         rebalancing = bool(app.rebalancing)
-        reasons = health.readiness(assigned, broker, rebalancing)
+        stopped = stopped_at.now()
+        reasons = health.readiness(assigned, broker, rebalancing, bool(stopped))
         ready = not reasons
         body = {
             "ready": ready,
@@ -236,6 +245,7 @@ def create_app(
             "broker_reachable": broker,
             "rebalancing": rebalancing,
             "policy_version": runtime.policy.version,
+            "unreadable": [found._asdict() for found in stopped],
         }
         return web.json(body, status=200 if ready else 503)
 
@@ -336,6 +346,7 @@ def run_worker(settings: Settings) -> int:
 
     ensure_port_free(settings.worker_web_host, settings.worker_web_port)
     backoff.install()  # before any client exists: an unreachable broker must not be retried in a busy loop
+    unreadable.install()  # a batch the worker cannot read stops its partition, not the worker
     memory.keep_large_blocks_out_of_the_heap()  # large messages must not leave RSS high after they are gone
     policy = load_policy(settings)  # a bad policy file stops here, before anything connects
     client_options(settings)  # so do unusable certificate or key files

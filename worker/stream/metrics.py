@@ -7,7 +7,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
@@ -103,6 +103,26 @@ class StateCollector(Collector):
         return []
 
 
+class UnreadableCollector(Collector):
+    """Where partitions stopped at a batch the worker cannot read: present only while one is stopped."""
+
+    def __init__(self, read_stopped: Callable[[], Iterable[Any]]) -> None:
+        self._read_stopped = read_stopped
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "compliance_unreadable_batch_offset",
+            "The offset a partition stopped at because its batch cannot be read (present only while stopped)",
+            labels=["topic", "partition"],
+        )
+        for found in self._read_stopped():
+            family.add_metric([found.topic, str(found.partition)], found.offset)
+        yield family
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
+
 class BatchHistogram(Collector):
     """A Prometheus histogram fed a batch at a time: one bisect per value, no lock, no per-value call chain.
 
@@ -191,6 +211,7 @@ class ComplianceMetrics:
     rescreen_pending: Gauge
     rescreen_duration: Gauge
     state_restored: Counter
+    unreadable_batches: Counter
     gc_pauses: GcPauses
 
     @classmethod
@@ -252,6 +273,12 @@ class ComplianceMetrics:
                 "partition's events are decided; standby: keeping a copy up to date)",
                 ["role"], registry=registry,
             ),
+            unreadable_batches=Counter(
+                "compliance_unreadable_batches",
+                "Fetched batches the worker could not read (corrupt, or a codec it lacks), each counted once: its "
+                "partition stopped there",
+                ["topic", "partition"], registry=registry,
+            ),
             gc_pauses=GcPauses(registry),
         )
 
@@ -265,3 +292,6 @@ class ComplianceMetrics:
 
     def watch_state(self, read_state: Callable[[], StateHeld]) -> None:
         self.registry.register(StateCollector(read_state))
+
+    def watch_unreadable(self, read_stopped: Callable[[], Iterable[Any]]) -> None:
+        self.registry.register(UnreadableCollector(read_stopped))
