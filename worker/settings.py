@@ -19,6 +19,7 @@ ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
 COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
 LOG_FORMATS = ("auto", "json", "text")
 STATE_STORES = ("rocksdb", "memory")
+KEY_MISMATCH_CHOICES = ("dead_letter", "repartition")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
@@ -182,6 +183,7 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("KAFKA_ISOLATION_LEVEL", "kafka_isolation_level", _choice(*ISOLATION_LEVELS), "read_committed"),
     ("KAFKA_COMPRESSION_TYPE", "kafka_compression_type", _choice(*COMPRESSION_TYPES), "zstd"),
     ("FORWARD_HEADERS", "forward_headers", _header_names, ""),
+    ("KEY_MISMATCH", "key_mismatch", _choice(*KEY_MISMATCH_CHOICES), "dead_letter"),
     ("WORKER_WEB_PORT", "worker_web_port", _port, "6066"),
     ("WORKER_WEB_HOST", "worker_web_host", _text, "0.0.0.0"),
     ("APP_ID", "app_id", _topic, "compliance-worker"),
@@ -221,6 +223,7 @@ class Settings:
     kafka_isolation_level: str
     kafka_compression_type: str
     forward_headers: tuple[str, ...]  # besides traceparent and tracestate, which are always copied
+    key_mismatch: str  # dead_letter, or repartition: every event goes through repartition_topic keyed by product id
     worker_web_port: int
     worker_web_host: str
     app_id: str
@@ -259,6 +262,16 @@ class Settings:
     @property
     def bootstrap_servers(self) -> list[str]:
         return [server.strip() for server in self.kafka_bootstrap_servers.split(",") if server.strip()]
+
+    @property
+    def repartition_topic(self) -> str | None:
+        """The internal topic the input goes through, keyed by product id (KEY_MISMATCH=repartition), else None."""
+        return f"{self.app_id}-product-id-repartition" if self.key_mismatch == "repartition" else None
+
+    @property
+    def state_topic(self) -> str:
+        """The topic whose partitions the per-product state follows: the repartition topic, or the input."""
+        return self.repartition_topic or self.input_topic
 
     @property
     def uses_tls(self) -> bool:

@@ -71,7 +71,7 @@ class FastPath:
 
     def decide(  # noqa: PLR0913
         self, raw: bytes, stored_state: Callable[[bytes, int], bytes | None], topic: str, partition: int, offset: int,
-        now: float, decided_at: str,
+        now: float, decided_at: str, state_partition: int,
     ) -> FastDecision | None:
         event = parse_typical(raw)
         if event is None:
@@ -104,7 +104,7 @@ class FastPath:
         if verdict is None:
             return None
         product_key = facts.product_id.encode()
-        stored = stored_state(product_key, partition)
+        stored = stored_state(product_key, state_partition)
         previous_decision = None
         if stored is not None:
             # Only two fields are read; the rest is skipped unchecked. States are written by ProductState.encode

@@ -66,6 +66,18 @@ async def ensure_topics(
             except TopicAlreadyExistsError:
                 pass  # another worker created it first
         partitions = await partition_counts(admin, wanted, timeout)
+        repartition = settings.repartition_topic
+        if repartition is not None:
+            if repartition not in existing:
+                # As many partitions as the input had when it was made; the input may grow later, this one never does.
+                try:
+                    await admin.create_topics([
+                        NewTopic(repartition, partitions[settings.input_topic], settings.topic_replication_factor)
+                    ])
+                except TopicAlreadyExistsError:
+                    pass
+                missing.append(repartition)
+            partitions.update(await partition_counts(admin, [repartition], timeout))
         if changelog is not None and changelog in existing:
             partitions.update(await partition_counts(admin, [changelog], timeout))
         return EnsuredTopics(partitions, missing, await max_message_bytes(admin, settings.dead_letter_topic, timeout))

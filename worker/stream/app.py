@@ -31,7 +31,7 @@ from worker.kafka.stores import MemoryStore, RocksDBStore, StateDirInUse, StateT
 from worker.kafka.topics import PartitionsMismatch, ensure_topics
 from worker.settings import Settings, SettingsError
 from worker.stream import health, memory
-from worker.stream.agent import register_agent
+from worker.stream.agent import register_agents
 from worker.stream.lifecycle import PolicyLifecycle
 from worker.stream.logs import logging_config
 from worker.stream.metrics import ComplianceMetrics, StateHeld, TopicPartitionOffsets
@@ -81,10 +81,12 @@ def changelog_topic(settings: Settings) -> str:
 
 def check_partitions(settings: Settings, partitions: dict[str, int], changelog: str) -> None:
     """Refuse to start when a product's state would not be where its events arrive (the input grew, say)."""
-    inputs, states = partitions[settings.input_topic], partitions.get(changelog)
+    topic = settings.state_topic
+    inputs, states = partitions[topic], partitions.get(changelog)
     if states is not None and states != inputs:
+        what = "the input" if topic == settings.input_topic else "the repartition topic"
         raise PartitionsMismatch(
-            f"the input {settings.input_topic} has {inputs} partitions but the state changelog {changelog} has "
+            f"{what} {topic} has {inputs} partitions but the state changelog {changelog} has "
             f"{states}: each product's state would be looked for on the wrong partition. Stop every worker of "
             f"{settings.app_id} and follow docs/operations.md#growing-the-input (compliance-worker state migrate)"
         )
@@ -94,13 +96,13 @@ def load_policy(settings: Settings) -> Policy:
     return load_policy_file(settings.policy_file) if settings.policy_file else load_bundled_policy()
 
 
-def _consumer_offsets(app: faust.App, topic: str) -> TopicPartitionOffsets:
+def _consumer_offsets(app: faust.App, topics: set[str]) -> TopicPartitionOffsets:
     consumer = app.consumer
     committed = consumer._committed_offset  # noqa: SLF001 - Faust keeps no public accessor
     return {
         (tp.topic, tp.partition): (consumer.highwater(tp), committed.get(tp))
         for tp in consumer.assignment()
-        if tp.topic == topic
+        if tp.topic in topics
     }
 
 
@@ -120,7 +122,7 @@ def _standby_lag(app: faust.App, table: faust.Table) -> dict[int, int]:
 
 def create_app(
     settings: Settings, policy: Policy, registry: CollectorRegistry | None = None, *,
-    input_partitions: int | None = None, policy_offsets: dict[int, int] | None = None,
+    state_partitions: int | None = None, policy_offsets: dict[int, int] | None = None,
     dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
 ) -> faust.App:
     """The Faust app with its topics, state table, agent, metrics and web views; nothing is started."""
@@ -159,14 +161,14 @@ def create_app(
     )
     app.transport = Transport(
         app.conf.broker_consumer, app, isolation_level=settings.kafka_isolation_level,
-        watched_topics=(settings.input_topic, changelog_topic(settings)),
+        watched_topics=tuple(dict.fromkeys((settings.input_topic, settings.state_topic, changelog_topic(settings)))),
     )
     stopped_at = app.transport.unreadable
     buffer.use_byte_bounded_buffers(app, STREAM_BUFFER_MAX_BYTES)
     metrics = ComplianceMetrics.create(registry)
     monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "faust"))
     app.monitor = monitor
-    metrics.watch_consumer(lambda: _consumer_offsets(app, settings.input_topic))
+    metrics.watch_consumer(lambda: _consumer_offsets(app, {settings.input_topic, settings.state_topic}))
     metrics.set_policy(policy.version, policy.digest, time.time())
     stopped_at.on_new = lambda found: metrics.unreadable_batches.labels(found.topic, str(found.partition)).inc()
     metrics.watch_unreadable(stopped_at.now)
@@ -175,7 +177,7 @@ def create_app(
     table = app.tables.add(StateTable(
         app, name=STATE_TABLE, beacon=app.tables.beacon, store_factory=store_factory(settings),
         schema=RawSchema(key_serializer="raw", value_serializer="raw"),
-        partitions=input_partitions or settings.topic_partitions,
+        partitions=state_partitions or settings.topic_partitions,
     ))
     store = TableStateStore(table, table.data)
     table.data.on_restored = lambda role, records: metrics.state_restored.labels(role).inc(records)
@@ -191,20 +193,23 @@ def create_app(
     input_topic = app.topic(settings.input_topic, schema=RawSchema(), **topic_options)
     decisions_topic = app.topic(settings.decisions_topic, **topic_options)
     dead_letter_topic = app.topic(settings.dead_letter_topic, **topic_options)
-    register_agent(app, runtime, input_topic, decisions_topic, dead_letter_topic, BATCH_MAX)
+    repartition_topic = (
+        app.topic(settings.repartition_topic, schema=RawSchema(), **topic_options) if settings.repartition_topic else None
+    )
+    register_agents(app, runtime, input_topic, decisions_topic, dead_letter_topic, BATCH_MAX, repartition_topic)
 
-    lifecycle = PolicyLifecycle(app, runtime, store, settings.decisions_topic, settings.input_topic, policy_offsets)
+    lifecycle = PolicyLifecycle(app, runtime, store, settings.decisions_topic, settings.state_topic, policy_offsets)
     app.task(lifecycle.follow_policies)
     app.task(lifecycle.rescreen_forever)
 
     @app.on_partitions_revoked.connect
     async def forget_unstored_changes(sender: faust.App, revoked: set[Any], **kwargs: Any) -> None:
         # Events of revoked partitions not yet acked are read again (here or elsewhere): so are their state changes.
-        store.forget(tp.partition for tp in revoked if tp.topic == settings.input_topic)
+        store.forget(tp.partition for tp in revoked if tp.topic == settings.state_topic)
 
     @app.on_partitions_assigned.connect
     async def own_assigned_partitions(sender: faust.App, assigned: set[Any], **kwargs: Any) -> None:
-        store.own(tp.partition for tp in assigned if tp.topic == settings.input_topic)
+        store.own(tp.partition for tp in assigned if tp.topic == settings.state_topic)
         stopped_at.forget(lambda topic, partition: TP(topic, partition) in assigned)  # another worker's now
 
     @app.on_rebalance_complete.connect
@@ -258,7 +263,7 @@ class Prepared:
 
     policy: Policy
     policy_origin: str
-    input_partitions: int
+    state_partitions: int  # of the topic the state follows (the input, or the repartition topic)
     policy_offsets: dict[int, int]  # where the policy topic was read to: following continues there
     notes: list[tuple[int, str, dict[str, Any]]]  # log records to emit after the start line
     dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES  # what the dead-letter topic accepts
@@ -307,7 +312,7 @@ async def prepare(settings: Settings, fallback: Policy) -> Prepared:
         origin = f"topic {settings.policy_topic}"
     else:
         origin = str(settings.policy_file) if settings.policy_file else "the bundled policy"
-    return Prepared(policy, origin, partitions[settings.input_topic], source.end_offsets, notes, dead_letter_max_bytes)
+    return Prepared(policy, origin, partitions[settings.state_topic], source.end_offsets, notes, dead_letter_max_bytes)
 
 
 def hold_state_dir(settings: Settings) -> None:
@@ -362,7 +367,7 @@ def run_worker(settings: Settings) -> int:
         aiokafka_log.setLevel(level)
     policy = prepared.policy
     app = create_app(
-        settings, policy, input_partitions=prepared.input_partitions, policy_offsets=prepared.policy_offsets,
+        settings, policy, state_partitions=prepared.state_partitions, policy_offsets=prepared.policy_offsets,
         dead_letter_max_bytes=prepared.dead_letter_max_bytes,
     )
     log.info(

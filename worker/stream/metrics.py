@@ -212,6 +212,7 @@ class ComplianceMetrics:
     rescreen_duration: Gauge
     state_restored: Counter
     unreadable_batches: Counter
+    repartitioned: Counter
     gc_pauses: GcPauses
 
     @classmethod
@@ -278,6 +279,11 @@ class ComplianceMetrics:
                 "Fetched batches the worker could not read (corrupt, or a codec it lacks), each counted once: its "
                 "partition stopped there",
                 ["topic", "partition"], registry=registry,
+            ),
+            repartitioned=Counter(
+                "compliance_repartitioned_events",
+                "Input events sent on to the repartition topic keyed by their product id (KEY_MISMATCH=repartition)",
+                registry=registry,
             ),
             gc_pauses=GcPauses(registry),
         )

@@ -10,12 +10,14 @@ import orjson
 from worker.core import InvalidEvent, Policy, decode_event
 from worker.core.clock import format_timestamp
 from worker.core.errors import ErrorCode
+from worker.core.event import decode_typical
 from worker.core.fast import FastPath
 from worker.core.state import ProductState, decide
 
 DECISION = "decision"
 DEAD_LETTER = "dead_letter"
 TOMBSTONE = "tombstone"
+FORWARD = "forward"  # KEY_MISMATCH=repartition: on to the repartition topic, keyed by the product id
 MAX_ERROR_MESSAGE = 1000
 _tuple_new = tuple.__new__  # a NamedTuple without its Python-level __new__, once per event
 # A dead letter carries the input's bytes base64-encoded (4/3 of them) and its key twice: as the record key and,
@@ -29,7 +31,7 @@ RECORD_OVERHEAD_BYTES = 1024  # record and batch headers around one record, gene
 class Outcome(NamedTuple):
     """What to produce for one input message, and what to count."""
 
-    kind: str  # DECISION, DEAD_LETTER or TOMBSTONE
+    kind: str  # DECISION, DEAD_LETTER, TOMBSTONE or FORWARD
     key: bytes | None
     value: bytes | None
     decision: str | None = None
@@ -103,16 +105,23 @@ class Processor:
         self._fast = FastPath(policy)
 
     def process(
-        self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int, now: float
+        self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int, now: float,
+        state_partition: int | None = None,
     ) -> Outcome:
-        """Never raises for bad input: anything that cannot be decided becomes a dead letter."""
+        """Never raises for bad input: anything that cannot be decided becomes a dead letter.
+
+        ``topic``, ``partition`` and ``offset`` say where the event came from (the decision's ``source``); its
+        product's state is in ``state_partition``, the same partition unless the event came through the
+        repartition topic (KEY_MISMATCH=repartition).
+        """
+        home = partition if state_partition is None else state_partition
         if value is not None:
-            fast = self._fast.decide(value, self.state.get, topic, partition, offset, now, format_timestamp(now))
+            fast = self._fast.decide(value, self.state.get, topic, partition, offset, now, format_timestamp(now), home)
             if fast is not None:  # the typical event, to the same bytes as below (worker/core/fast.py)
                 product_key, state, record, decision, cluster = fast
                 if key != product_key:
                     return self._key_mismatch(value, key, product_key, topic, partition, offset, now)
-                self.state.put(product_key, state, partition)
+                self.state.put(product_key, state, home)
                 return _tuple_new(Outcome, (DECISION, product_key, record, decision, cluster, None, None))
         if value is None:
             if key is None:
@@ -120,23 +129,45 @@ class Processor:
                     None, None, topic, partition, offset, now,
                     ErrorCode.TOMBSTONE_WITHOUT_KEY, "a tombstone (null value) needs the product id as its key",
                 )
-            self.state.delete(key, partition)  # the product was removed: forget its decision
+            self.state.delete(key, home)  # the product was removed: forget its decision
             return Outcome(TOMBSTONE, key, None)
         try:
             event = decode_event(value)
             product_key = event.product_id.encode()
             if key != product_key:
                 return self._key_mismatch(value, key, product_key, topic, partition, offset, now)
-            stored = self.state.get(product_key, partition)
+            stored = self.state.get(product_key, home)
             previous = ProductState.decode(product_key, stored) if stored is not None else None
             transition = decide(event, self.policy, previous, now)
         except InvalidEvent as exc:
             return self._dead_letter(value, key, topic, partition, offset, now, exc.code, exc.message)
         if transition.state is not None:
-            self.state.put(product_key, transition.state.encode(), partition)
+            self.state.put(product_key, transition.state.encode(), home)
         decision = transition.decision
         record = transition.record(format_timestamp(now), {"topic": topic, "partition": partition, "offset": offset})
         return Outcome(DECISION, product_key, orjson.dumps(record), decision.decision, decision.cluster)
+
+    def route(
+        self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int, now: float,
+    ) -> Outcome:
+        """KEY_MISMATCH=repartition, the first step: an event to send on keyed by its product id (FORWARD), or the
+        dead letter of one that will never be decided whatever its key (the decision is the second step's)."""
+        if value is None:
+            if key is None:
+                return self._dead_letter(
+                    None, None, topic, partition, offset, now,
+                    ErrorCode.TOMBSTONE_WITHOUT_KEY, "a tombstone (null value) needs the product id as its key",
+                )
+            return Outcome(FORWARD, key, None)  # its key is the only product id it has
+        facts = decode_typical(value)
+        if facts is None:
+            try:
+                product_id = decode_event(value).product_id
+            except InvalidEvent as exc:
+                return self._dead_letter(value, key, topic, partition, offset, now, exc.code, exc.message)
+        else:
+            product_id = facts.product_id
+        return Outcome(FORWARD, product_id.encode(), value)
 
     def _key_mismatch(
         self, raw: bytes, key: bytes | None, product_key: bytes, topic: str, partition: int, offset: int, now: float

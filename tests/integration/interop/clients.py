@@ -31,10 +31,14 @@ def kcat_produce(bootstrap: str, topic: str, messages: Sequence[tuple[str, str]]
     )
 
 
-def kcat_send(bootstrap: str, topic: str, key: str | None, value: str, headers: dict[str, str] | None = None) -> None:
-    """One message through ``kcat -P``; a None key is a null key (``-K`` is then not given)."""
+def kcat_send(
+    bootstrap: str, topic: str, key: str | None, value: str | None, headers: dict[str, str] | None = None,
+) -> None:
+    """One message through ``kcat -P``; a None key is a null key (``-K`` is then not given), a None value a
+    tombstone (``-Z``: an empty value is sent as null)."""
     kcat = require_binary("kcat", "Debian package kcat; make test installs it")
-    args = [kcat, "-P", "-b", bootstrap, "-t", topic, "-X", "acks=all"]
+    args = [kcat, "-P", "-b", bootstrap, "-t", topic, "-X", "acks=all", *(["-Z"] if value is None else [])]
+    value = value or ""
     for name, header in (headers or {}).items():
         args += ["-H", f"{name}={header}"]
     line = value if key is None else f"{key}\t{value}"
