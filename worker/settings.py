@@ -179,6 +179,7 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("DEAD_LETTER_TOPIC", "dead_letter_topic", _topic, "compliance.dead-letter"),
     ("POLICY_FILE", "policy_file", _optional_path, ""),
     ("POLICY_TOPIC", "policy_topic", _topic, "compliance.policies"),
+    ("OVERRIDES_TOPIC", "overrides_topic", _topic, "compliance.overrides"),
     ("PROCESSING_GUARANTEE", "processing_guarantee", _choice(*GUARANTEES), "at_least_once"),
     ("KAFKA_ISOLATION_LEVEL", "kafka_isolation_level", _choice(*ISOLATION_LEVELS), "read_committed"),
     ("KAFKA_COMPRESSION_TYPE", "kafka_compression_type", _choice(*COMPRESSION_TYPES), "zstd"),
@@ -219,6 +220,7 @@ class Settings:
     dead_letter_topic: str
     policy_file: Path | None
     policy_topic: str
+    overrides_topic: str
     processing_guarantee: str
     kafka_isolation_level: str
     kafka_compression_type: str

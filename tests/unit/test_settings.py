@@ -40,6 +40,7 @@ FIELD_OF = {
     "DEAD_LETTER_TOPIC": "dead_letter_topic",
     "POLICY_FILE": "policy_file",
     "POLICY_TOPIC": "policy_topic",
+    "OVERRIDES_TOPIC": "overrides_topic",
     "PROCESSING_GUARANTEE": "processing_guarantee",
     "KAFKA_ISOLATION_LEVEL": "kafka_isolation_level",
     "KAFKA_COMPRESSION_TYPE": "kafka_compression_type",

@@ -23,6 +23,7 @@ class Reason:
     NOT_RESTRICTED_CATEGORY = "NOT_RESTRICTED_CATEGORY"
     SELLER_EXEMPT = "SELLER_EXEMPT"
     CROSS_BORDER_BELOW_MINIMUM_PRICE = "CROSS_BORDER_BELOW_MINIMUM_PRICE"
+    MANUAL_OVERRIDE = "MANUAL_OVERRIDE"  # compliance staff decided this product (worker/core/overrides.py)
     # Set by the worker's per-product state (worker/core/state.py), never by classify itself.
     STALE_VERSION = "STALE_VERSION"  # alone: an older version than the one decided; the decision in force repeated
     POLICY_CHANGE = "POLICY_CHANGE"  # first, before the new classification: re-screened under a new policy
@@ -41,7 +42,7 @@ class Reason:
 
 OUTCOMES: Final = frozenset({
     Reason.CROSS_BORDER_RESTRICTED_CLUSTER, Reason.DOMESTIC_ITEM, Reason.NOT_RESTRICTED_CATEGORY,
-    Reason.SELLER_EXEMPT, Reason.CROSS_BORDER_BELOW_MINIMUM_PRICE,
+    Reason.SELLER_EXEMPT, Reason.CROSS_BORDER_BELOW_MINIMUM_PRICE, Reason.MANUAL_OVERRIDE,
 })
 
 

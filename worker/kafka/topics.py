@@ -117,3 +117,18 @@ async def max_message_bytes(admin: AIOKafkaAdminClient, topic: str, timeout: flo
             errors = ", ".join(f"{resource[0]} {resource[1] or ''}".strip() for resource in resources) or "no answer"
             raise BrokerUnavailable(f"cannot read max.message.bytes of topic {topic} after {timeout:.0f}s: {errors}")
         await asyncio.sleep(0.2)
+
+
+async def ensure_compacted_topic(
+    admin: AIOKafkaAdminClient, topic: str, partitions: int, replication_factor: int,
+) -> bool:
+    """Create a compacted topic if it is missing (keyed state such as overrides); True when this call created it."""
+    if topic in set(await admin.list_topics()):
+        return False
+    try:
+        await admin.create_topics([
+            NewTopic(topic, partitions, replication_factor, topic_configs={"cleanup.policy": "compact"})
+        ])
+    except TopicAlreadyExistsError:
+        return False
+    return True
