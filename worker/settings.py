@@ -187,6 +187,7 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("KEY_MISMATCH", "key_mismatch", _choice(*KEY_MISMATCH_CHOICES), "dead_letter"),
     ("WORKER_WEB_PORT", "worker_web_port", _port, "6066"),
     ("WORKER_WEB_HOST", "worker_web_host", _text, "0.0.0.0"),
+    ("WORKER_WEB_ADVERTISED_HOST", "worker_web_advertised_host", _optional_text, ""),
     ("APP_ID", "app_id", _topic, "compliance-worker"),
     ("STATE_STORE", "state_store", _choice(*STATE_STORES), "rocksdb"),
     ("STATE_DIR", "state_dir", _directory, "/var/lib/compliance-worker"),
@@ -228,6 +229,7 @@ class Settings:
     key_mismatch: str  # dead_letter, or repartition: every event goes through repartition_topic keyed by product id
     worker_web_port: int
     worker_web_host: str
+    worker_web_advertised_host: str | None  # how the other workers reach this one's web port (product lookups)
     app_id: str
     state_store: str
     state_dir: Path  # the worker's own state lives in state_dir / app_id

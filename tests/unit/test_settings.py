@@ -48,6 +48,7 @@ FIELD_OF = {
     "KEY_MISMATCH": "key_mismatch",
     "WORKER_WEB_PORT": "worker_web_port",
     "WORKER_WEB_HOST": "worker_web_host",
+    "WORKER_WEB_ADVERTISED_HOST": "worker_web_advertised_host",
     "APP_ID": "app_id",
     "STATE_STORE": "state_store",
     "STATE_DIR": "state_dir",

@@ -117,11 +117,10 @@ def overridden(decision: Decision, override: Override) -> Decision:
     )
 
 
-def released(decision: Decision, override: Override) -> Decision:
-    """The policy's decision again once ``override`` expired or was cleared, under an id of its own."""
-    return decision._replace(
-        decision_id=decision_id(decision.event_id, f"{decision.policy_version}\x1f{override.digest}\x1fend"),
-    )
+def released(decision: Decision, ended: str) -> Decision:
+    """The policy's decision again once an override expired or was cleared (``ended``: its digest), under an id
+    of its own: the same event under the same policy was decided before, and a consumer must not drop this one."""
+    return decision._replace(decision_id=decision_id(decision.event_id, f"{decision.policy_version}\x1f{ended}\x1fend"))
 
 
 def override_record(override: Override, policy_decision: str) -> dict[str, Any]:

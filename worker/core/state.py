@@ -10,7 +10,9 @@ import msgspec
 import orjson
 
 from worker.core.classify import Decision, Reason, classify, decision_id
+from worker.core.errors import InvalidEvent
 from worker.core.event import ProductEvent
+from worker.core.overrides import Override, overridden, released
 from worker.core.policy import Policy
 
 STALE_VERSION = Reason.STALE_VERSION
@@ -161,6 +163,7 @@ class Transition(NamedTuple):
     previous_decision: str | None
     changed: bool
     state: ProductState | None
+    policy_decision: str | None = None  # under an override in force: what the policy alone decided (None: it could not)
 
     def record(self, decided_at: str, source: dict[str, Any]) -> dict[str, Any]:
         record = self.decision.record(decided_at, source)
@@ -179,20 +182,42 @@ def _milliseconds(now: float | None) -> int:
     return int((time.time() if now is None else now) * 1000)
 
 
-def decide(event: ProductEvent, policy: Policy, previous: ProductState | None, now: float | None = None) -> Transition:
-    """Decide one event against what is known of its product (raises InvalidEvent when it cannot be decided)."""
+def decide(
+    event: ProductEvent, policy: Policy, previous: ProductState | None, now: float | None = None,
+    staff: Override | None = None,
+) -> Transition:
+    """Decide one event against what is known of its product and the override in force for it (``staff``).
+
+    Raises InvalidEvent when it cannot be decided: the policy cannot price it and no override decides it.
+    """
     if previous is not None and is_stale(event, previous):
         repeated = Decision(
             decision_id(event.event_id, policy.version), event.event_id, event.product_id, event.product_version,
             previous.decision, previous.cross_border, previous.cluster, (STALE_VERSION,), policy.version,
         )
         return Transition(repeated, previous.decision, False, None)
-    decision = classify(event, policy, now)
     previous_decision = previous.decision if previous is not None else None
-    return Transition(
+    try:
+        decision = classify(event, policy, now)
+    except InvalidEvent:
+        if staff is None:
+            raise
+        # The override decides what the policy cannot (no price, no exchange rate): no evidence of the policy's.
+        homes = policy.home_countries
+        cross_border = (policy.checks_seller and event.seller_country not in homes) or (
+            policy.checks_ship_from and event.ship_from_country not in homes
+        )
+        decision = Decision(
+            decision_id(event.event_id, policy.version), event.event_id, event.product_id, event.product_version,
+            staff.decision, cross_border, None, (), policy.version,
+        )
+        transition = Transition(decision, previous_decision, False, ProductState.of(decision, event, _milliseconds(now)))
+        return with_override(transition, staff)._replace(policy_decision=None)
+    transition = Transition(
         decision, previous_decision, previous_decision != decision.decision,
         ProductState.of(decision, event, _milliseconds(now)),
     )
+    return transition if staff is None else with_override(transition, staff)
 
 
 def rescreen(previous: ProductState, policy: Policy, now: float | None = None) -> Transition | None:
@@ -213,3 +238,37 @@ def rescreen(previous: ProductState, policy: Policy, now: float | None = None) -
         policy_version=policy.version, reasons=decision.reasons, decided_at_ms=_milliseconds(now),
     )
     return Transition(decision, previous.decision, changed, state)
+
+
+def with_override(transition: Transition, override: Override) -> Transition:
+    """``transition`` as an override in force makes it: the override's outcome, stored as the decision in force."""
+    decision = overridden(transition.decision, override)
+    changed = transition.previous_decision != decision.decision
+    state = transition.state
+    if state is not None:
+        state = state._replace(decision=decision.decision, reasons=decision.reasons)
+    return Transition(decision, transition.previous_decision, changed, state, transition.decision.decision)
+
+
+def redecide(
+    previous: ProductState, policy: Policy, override: Override | None, ended: Override | None = None,
+    now: float | None = None,
+) -> Transition | None:
+    """A known product decided again because its override changed: set (``override``), or ended (``ended``: the one
+    cleared or expired). None when nothing would change. Raises InvalidEvent when the policy cannot decide the
+    stored facts and no override says what to do."""
+    overridden_now = previous.reasons[:1] == (Reason.MANUAL_OVERRIDE,)
+    if override is None and not overridden_now:
+        return None  # the policy decides it already
+    fresh = classify(previous.facts, policy, now)
+    if override is not None:
+        decision = overridden(fresh, override)
+    else:
+        decision = released(fresh, ended.digest if ended is not None else str(previous.decided_at_ms))
+    if (decision.decision, decision.reasons, policy.version) == (previous.decision, previous.reasons, previous.policy_version):
+        return None  # already so (an override read again after a restart)
+    state = previous._replace(
+        decision=decision.decision, cluster=decision.cluster, cross_border=decision.cross_border,
+        policy_version=policy.version, reasons=decision.reasons, decided_at_ms=_milliseconds(now),
+    )
+    return Transition(decision, previous.decision, decision.decision != previous.decision, state)

@@ -289,12 +289,15 @@ def record_metrics(
     """
     metrics = runtime.metrics
     decisions: Counter[tuple[str, str]] = Counter()
+    overridden: Counter[str] = Counter()
     dead_letters: Counter[str] = Counter()
     tombstones = forwards = 0
     for event, outcome in zip(events, outcomes):
         kind = outcome.kind
         if kind is DECISION:
             decisions[(outcome.decision or "", outcome.cluster or "none")] += 1
+            if outcome.overridden:
+                overridden[outcome.decision or ""] += 1
         elif kind is FORWARD:
             forwards += 1
         elif kind is TOMBSTONE:
@@ -315,6 +318,8 @@ def record_metrics(
         metrics.decisions.labels(decision, cluster).inc(count)
     for code, count in dead_letters.items():
         metrics.dead_letters.labels(code).inc(count)
+    for decision, count in overridden.items():
+        metrics.override_decisions.labels(decision).inc(count)
     if tombstones:
         metrics.tombstones.inc(tombstones)
     if forwards:

@@ -8,7 +8,7 @@ import logging
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,12 +28,15 @@ from worker.kafka.probe import BrokerProbe
 from worker.kafka.schema import RawSchema
 from worker.kafka.security import client_options, faust_credentials, scrub_logs
 from worker.kafka.stores import MemoryStore, RocksDBStore, StateDirInUse, StateTable, lock_state_dir
-from worker.kafka.topics import PartitionsMismatch, ensure_topics
+from worker.kafka.topics import PartitionsMismatch, ensure_compacted_topic, ensure_topics
+from worker.kafka.whole_topic import WholeTopic
 from worker.settings import Settings, SettingsError
 from worker.stream import health, memory
 from worker.stream.agent import register_agents
 from worker.stream.lifecycle import PolicyLifecycle
 from worker.stream.logs import logging_config
+from worker.stream.lookup import ROUTED_HEADER, ProductLookup
+from worker.stream.overrides import Change, OverrideBook, OverrideKeeper
 from worker.stream.metrics import ComplianceMetrics, StateHeld, TopicPartitionOffsets
 from worker.stream.policy_source import PolicySource, ensure_policy_topic, replay
 from worker.stream.processing import DEAD_LETTER_MAX_BYTES, Processor
@@ -123,7 +126,8 @@ def _standby_lag(app: faust.App, table: faust.Table) -> dict[int, int]:
 def create_app(
     settings: Settings, policy: Policy, registry: CollectorRegistry | None = None, *,
     state_partitions: int | None = None, policy_offsets: dict[int, int] | None = None,
-    dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
+    dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES, overrides: OverrideBook | None = None,
+    override_offsets: dict[int, int] | None = None, cleared_overrides: list[Change] | None = None,
 ) -> faust.App:
     """The Faust app with its topics, state table, agent, metrics and web views; nothing is started."""
     registry = registry if registry is not None else CollectorRegistry()
@@ -138,7 +142,10 @@ def create_app(
         topic_replication_factor=settings.topic_replication_factor,
         web_port=settings.worker_web_port,
         web_bind=settings.worker_web_host,
-        web_host=settings.worker_web_host if settings.worker_web_host != "0.0.0.0" else "localhost",
+        # The URL the other workers of the group reach this one at (Faust's canonical_url, shared in the assignment).
+        web_host=settings.worker_web_advertised_host or (
+            settings.worker_web_host if settings.worker_web_host != "0.0.0.0" else socket.gethostname()
+        ),
         web_in_thread=False,
         datadir=state_path(settings),
         tabledir=state_path(settings),
@@ -186,7 +193,11 @@ def create_app(
     metrics.watch_state(lambda: StateHeld(
         table.data.held(), getattr(table.data, "cache_bytes", lambda: None)(), _standby_lag(app, table),
     ))
-    runtime = Runtime(settings, Processor(policy, store, dead_letter_max_bytes), metrics, store)
+    book = overrides if overrides is not None else OverrideBook()
+    runtime = Runtime(settings, Processor(policy, store, dead_letter_max_bytes, book), metrics, store)
+    metrics.overrides_active.set(book.active(time.time()))
+    for decision in ("allow", "block"):
+        metrics.override_decisions.labels(decision)  # both series exist from the start
     app.compliance = runtime  # type: ignore[attr-defined]
 
     topic_options: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
@@ -201,6 +212,11 @@ def create_app(
     lifecycle = PolicyLifecycle(app, runtime, store, settings.decisions_topic, settings.state_topic, policy_offsets)
     app.task(lifecycle.follow_policies)
     app.task(lifecycle.rescreen_forever)
+    keeper = OverrideKeeper(app, runtime, store, book, lifecycle.redecider, settings.state_topic, override_offsets)
+    keeper.remember_cleared(cleared_overrides or [])
+    app.task(keeper.follow)
+    app.task(keeper.expire_forever)
+    app.task(keeper.reconcile_forever)
 
     @app.on_partitions_revoked.connect
     async def forget_unstored_changes(sender: faust.App, revoked: set[Any], **kwargs: Any) -> None:
@@ -214,8 +230,9 @@ def create_app(
 
     @app.on_rebalance_complete.connect
     async def rescreen_after_recovery(sender: faust.App, **kwargs: Any) -> None:
-        # Recovered state may have been decided under an older policy.
+        # Recovered state may have been decided under an older policy, or before an override changed.
         lifecycle.request_rescreen()
+        keeper.request_reconcile()
 
     probe = BrokerProbe(app)
 
@@ -232,6 +249,13 @@ def create_app(
             "uptime_seconds": round(time.time() - runtime.started_at, 3),
             "policy_version": runtime.policy.version,
         })
+
+    lookup = ProductLookup(app, runtime, store, settings.state_topic, table.changelog_topic_name)
+
+    @app.page("/products/{product_id}")
+    async def product(web: faust.web.View, request: faust.web.Request, product_id: str) -> faust.web.Response:
+        status, body = await lookup.answer(product_id, ROUTED_HEADER in request.headers)
+        return web.json(body, status=status)
 
     @app.page("/readyz")
     async def readyz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
@@ -267,6 +291,9 @@ class Prepared:
     policy_offsets: dict[int, int]  # where the policy topic was read to: following continues there
     notes: list[tuple[int, str, dict[str, Any]]]  # log records to emit after the start line
     dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES  # what the dead-letter topic accepts
+    overrides: OverrideBook = field(default_factory=OverrideBook)  # as the overrides topic says at start
+    override_offsets: dict[int, int] | None = None  # where following the overrides topic continues
+    cleared_overrides: list[Change] = field(default_factory=list)  # tombstones read at start
 
 
 async def prepare(settings: Settings, fallback: Policy) -> Prepared:
@@ -290,6 +317,10 @@ async def prepare(settings: Settings, fallback: Policy) -> Prepared:
         created_policy_topic, warnings = await ensure_policy_topic(
             admin, settings.policy_topic, settings.topic_replication_factor
         )
+        if await ensure_compacted_topic(
+            admin, settings.overrides_topic, settings.topic_partitions, settings.topic_replication_factor,
+        ):
+            notes.append((logging.INFO, f"created overrides topic {settings.overrides_topic}", {"event": "topics_created"}))
     finally:
         await admin.close()
     if created_policy_topic:
@@ -312,7 +343,26 @@ async def prepare(settings: Settings, fallback: Policy) -> Prepared:
         origin = f"topic {settings.policy_topic}"
     else:
         origin = str(settings.policy_file) if settings.policy_file else "the bundled policy"
-    return Prepared(policy, origin, partitions[settings.state_topic], source.end_offsets, notes, dead_letter_max_bytes)
+    # The overrides, read to the end before any event is decided: an overridden product is never decided without.
+    overrides = WholeTopic(settings.bootstrap_servers, settings.overrides_topic, client_options(settings))
+    try:
+        override_records = await overrides.start()
+    finally:
+        await overrides.stop()
+    book = OverrideBook()
+    cleared = []
+    for record in override_records:
+        change, rejected = book.apply(record)
+        if rejected is not None:
+            notes.append((
+                logging.WARNING, f"ignoring override {settings.overrides_topic}[{record.partition}]@{record.offset} "
+                f"for {change.key.decode(errors='replace')}: {rejected}", {"event": "override_rejected"},
+            ))
+        cleared.append(change)
+    return Prepared(
+        policy, origin, partitions[settings.state_topic], source.end_offsets, notes, dead_letter_max_bytes,
+        book, overrides.end_offsets, [change for change in cleared if change.override is None],
+    )
 
 
 def hold_state_dir(settings: Settings) -> None:
@@ -368,7 +418,8 @@ def run_worker(settings: Settings) -> int:
     policy = prepared.policy
     app = create_app(
         settings, policy, state_partitions=prepared.state_partitions, policy_offsets=prepared.policy_offsets,
-        dead_letter_max_bytes=prepared.dead_letter_max_bytes,
+        dead_letter_max_bytes=prepared.dead_letter_max_bytes, overrides=prepared.overrides,
+        override_offsets=prepared.override_offsets, cleared_overrides=prepared.cleared_overrides,
     )
     log.info(
         "compliance-worker %s starting: broker %s, input %s, decisions %s, dead letters %s, "

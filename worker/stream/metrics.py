@@ -213,6 +213,9 @@ class ComplianceMetrics:
     state_restored: Counter
     unreadable_batches: Counter
     repartitioned: Counter
+    overrides_active: Gauge
+    overrides_rejected: Counter
+    override_decisions: Counter
     gc_pauses: GcPauses
 
     @classmethod
@@ -284,6 +287,20 @@ class ComplianceMetrics:
                 "compliance_repartitioned_events",
                 "Input events sent on to the repartition topic keyed by their product id (KEY_MISMATCH=repartition)",
                 registry=registry,
+            ),
+            overrides_active=Gauge(
+                "compliance_overrides_active", "Overrides in force (not expired) on the overrides topic, as this worker read it",
+                registry=registry,
+            ),
+            overrides_rejected=Counter(
+                "compliance_overrides_rejected",
+                "Override documents on the overrides topic that were not valid (the product then has no override)",
+                registry=registry,
+            ),
+            override_decisions=Counter(
+                "compliance_override_decisions",
+                "Decisions an override in force made (first reason MANUAL_OVERRIDE), by decision",
+                ["decision"], registry=registry,
             ),
             gc_pauses=GcPauses(registry),
         )

@@ -12,6 +12,7 @@ from worker.core.clock import format_timestamp
 from worker.core.errors import ErrorCode
 from worker.core.event import decode_typical
 from worker.core.fast import FastPath
+from worker.core.overrides import Override, override_record
 from worker.core.state import ProductState, decide
 
 DECISION = "decision"
@@ -38,6 +39,28 @@ class Outcome(NamedTuple):
     cluster: str | None = None
     error_code: str | None = None
     error_message: str | None = None
+    overridden: bool = False  # decided by an override in force (MANUAL_OVERRIDE)
+
+
+class Overrides(Protocol):
+    """The overrides in force (worker/stream/overrides.py: OverrideBook), keyed by product id bytes."""
+
+    def __contains__(self, key: object) -> bool: ...
+
+    def get(self, key: bytes) -> Override | None: ...
+
+    def in_force(self, key: bytes, now: float) -> Override | None: ...
+
+
+class NoOverrides:
+    def __contains__(self, key: object) -> bool:
+        return False
+
+    def get(self, key: bytes) -> Override | None:
+        return None
+
+    def in_force(self, key: bytes, now: float) -> Override | None:
+        return None
 
 
 def dead_letter_record(
@@ -88,10 +111,12 @@ class Processor:
     """Turns input messages into decision, dead-letter or tombstone records under the policy in force."""
 
     def __init__(
-        self, policy: Policy, state: StateStore | None = None, dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES
+        self, policy: Policy, state: StateStore | None = None, dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
+        overrides: Overrides | None = None,
     ) -> None:
         self.policy = policy
         self.state: StateStore = state if state is not None else MemoryStateStore()
+        self.overrides: Overrides = overrides if overrides is not None else NoOverrides()
         self.dead_letter_max_bytes = dead_letter_max_bytes  # the dead-letter topic's max.message.bytes
 
     @property
@@ -121,8 +146,9 @@ class Processor:
                 product_key, state, record, decision, cluster = fast
                 if key != product_key:
                     return self._key_mismatch(value, key, product_key, topic, partition, offset, now)
-                self.state.put(product_key, state, home)
-                return _tuple_new(Outcome, (DECISION, product_key, record, decision, cluster, None, None))
+                if product_key not in self.overrides:  # an overridden product is the reference path's
+                    self.state.put(product_key, state, home)
+                    return _tuple_new(Outcome, (DECISION, product_key, record, decision, cluster, None, None, False))
         if value is None:
             if key is None:
                 return self._dead_letter(
@@ -138,14 +164,20 @@ class Processor:
                 return self._key_mismatch(value, key, product_key, topic, partition, offset, now)
             stored = self.state.get(product_key, home)
             previous = ProductState.decode(product_key, stored) if stored is not None else None
-            transition = decide(event, self.policy, previous, now)
+            override = self.overrides.in_force(product_key, now)
+            transition = decide(event, self.policy, previous, now, staff=override)
         except InvalidEvent as exc:
             return self._dead_letter(value, key, topic, partition, offset, now, exc.code, exc.message)
         if transition.state is not None:
             self.state.put(product_key, transition.state.encode(), home)
         decision = transition.decision
         record = transition.record(format_timestamp(now), {"topic": topic, "partition": partition, "offset": offset})
-        return Outcome(DECISION, product_key, orjson.dumps(record), decision.decision, decision.cluster)
+        made_by_override = override is not None and transition.state is not None
+        if made_by_override:
+            record["override"] = override_record(override, transition.policy_decision or "undecidable")  # type: ignore[arg-type]
+        return Outcome(
+            DECISION, product_key, orjson.dumps(record), decision.decision, decision.cluster, overridden=made_by_override,
+        )
 
     def route(
         self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int, now: float,

@@ -539,3 +539,22 @@ def test_repeated_timestamps_format_alike(times: list[float]) -> None:
 
     for epoch in times + times[::-1] + times:
         assert format_timestamp(epoch) == reference(epoch)
+
+
+def test_an_overridden_product_is_decided_alike_and_always_by_the_reference_path() -> None:
+    from worker.kafka.whole_topic import TopicRecord
+    from worker.stream.overrides import OverrideBook
+
+    book = OverrideBook()
+    document = b'{"decision": "allow", "reason": "appeal", "author": "staff", "created_at": "2026-11-01T00:00:00Z"}'
+    book.apply(TopicRecord(0, 0, 0, b"P-0000007", document))
+    sample = list(generate(400, seed=3, malformed_ratio=0.0, products=20))
+    fast = CountingProcessor(POLICY, MemoryStateStore(), overrides=book)
+    reference = ReferenceProcessor(POLICY, MemoryStateStore(), overrides=book)
+    overridden = 0
+    for offset, (key, value) in enumerate(sample):
+        got = fast.process(key, value, "in", 0, offset, DEC_1)
+        assert got == reference.process(key, value, "in", 0, offset, DEC_1)
+        overridden += got.overridden
+        assert got.overridden == (key == b"P-0000007")
+    assert overridden == sum(1 for key, _ in sample if key == b"P-0000007") > 0
