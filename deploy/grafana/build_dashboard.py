@@ -227,6 +227,21 @@ def sections() -> list[tuple[str, list[dict[str, Any]]]]:
                 "short",
             ),
         ]),
+        ("Compliance staff", [
+            timeseries(
+                "Overrides",
+                "Overrides in force (set by compliance staff with `compliance-worker override`, the same number on "
+                "every worker: each reads them all), and decisions made by one per second, by decision. A rejected "
+                "override document (not valid: the product then has none) shows as its own line.",
+                targets(
+                    (f"max(compliance_overrides_active{{{SEL}}})", "in force"),
+                    (f"sum by (decision) (rate(compliance_override_decisions_total{{{SEL}}}[{RATE}]))",
+                     "decided: {{decision}} /s"),
+                    (f"sum(increase(compliance_overrides_rejected_total{{{SEL}}}[{RATE}]))", "rejected"),
+                ),
+                "short",
+            ),
+        ]),
         ("Process", [
             timeseries(
                 "CPU",
