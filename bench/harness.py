@@ -6,6 +6,7 @@ Benches (default: all but `latency_raw`; pick with --only):
   raw_aiokafka  bench.raw_loop: plain batched aiokafka consume -> process -> produce -> commit (the ceiling)
   naive_faust   bench.naive_app: the textbook Faust agent, one awaited send per event (the baseline)
   worker        `compliance-worker worker` as in production (at-least-once, dead letters, metrics)
+  exactly_once  the same under PROCESSING_GUARANTEE=exactly_once (Kafka transactions), right after `worker`
   latency       the worker at a steady --latency-rate events/s: event -> decision latency p50/p99/max
   scale         one worker, then two in one group, on a 2-partition input: aggregate events/s
   rss           the worker over --rss-events (default 1,000,000) about --events/3 products: RSS after
@@ -50,8 +51,10 @@ from bench.procs import Proc
 from bench.compat import MemoryStateStore, Processor, generate
 from worker.core import load_bundled_policy
 
-BENCHES = ("core", "raw_aiokafka", "naive_faust", "worker", "latency", "scale", "rss", "compression", "latency_raw")
-DEFAULT_BENCHES = ("core", "raw_aiokafka", "naive_faust", "worker", "latency", "scale", "rss", "compression")
+BENCHES = ("core", "raw_aiokafka", "naive_faust", "worker", "exactly_once", "latency", "scale", "rss", "compression",
+           "latency_raw")
+DEFAULT_BENCHES = ("core", "raw_aiokafka", "naive_faust", "worker", "exactly_once", "latency", "scale", "rss",
+                   "compression")
 COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")  # KAFKA_COMPRESSION_TYPE
 BROKER_BENCHES = set(BENCHES) - {"core"}
 # One input partition count for raw_aiokafka, naive_faust, worker, latency and rss (--partitions): the worker's
@@ -394,6 +397,15 @@ class BrokerBenches:
         return await self.throughput("worker", lambda topics: procs.worker(
             self.bootstrap, topics, f"bench-{self.run_id}-worker", self.log_dir / "worker.log",
         ))
+
+    async def exactly_once(self) -> dict[str, Any]:
+        """The worker bench under exactly_once: what transactions cost next to the `worker` line (at_least_once) on
+        the same input and broker. The outputs are read read_committed, so only committed ones count."""
+        line = await self.throughput("exactly_once", lambda topics: procs.worker(
+            self.bootstrap, topics, f"bench-{self.run_id}-exactly-once", self.log_dir / "exactly_once.log",
+            PROCESSING_GUARANTEE="exactly_once",
+        ))
+        return {**line, "processing_guarantee": "exactly_once"}
 
     async def compression(self) -> dict[str, Any]:
         """The worker under each KAFKA_COMPRESSION_TYPE on the same input: events/s, CPU per event, bytes stored.
