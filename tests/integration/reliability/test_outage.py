@@ -215,8 +215,8 @@ def test_broker_outage_not_ready_then_resumes_without_loss(
             outage_log = log.read()
         log_during = len(outage_log)
         # aiokafka retried its metadata update in a busy loop (~1,200 a second) until worker/kafka/backoff.py, which
-        # caps each client's retries at one a second. Measured: 113-114 in 31-32 s (3.6/s: the worker's few clients
-        # at the cap, after a few quicker first tries); the bound is 40% over that.
+        # caps each client's retries at one a second. Measured: 113-114 in 31-32 s (3.7/s: the worker's few clients
+        # at the cap, after a few quicker first tries); the bound is about 35% over that.
         metadata_attempts = outage_log.count(b"Unable to update metadata")
         assert metadata_attempts <= MAX_METADATA_UPDATES_PER_SECOND * outage, (
             f"{metadata_attempts} failed metadata updates in {outage:.0f}s"
