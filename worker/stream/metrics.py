@@ -13,11 +13,15 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 from prometheus_client.registry import Collector
 
+from worker.core.errors import ErrorCode
+
 # Event consumed -> decision acknowledged by the broker: milliseconds when healthy, seconds when not.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # One garbage-collector pass: tens of microseconds for the youngest generation, up to hundreds of milliseconds for
 # a full pass over a large heap, which is what shows up in the latency tail.
 GC_PAUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+POLICY_REJECTION_REASONS = ("invalid", "version_reused")  # compliance_policy_rejected_total{reason}
+RESCREEN_RESULTS = ("changed", "unchanged")  # compliance_rescreened_products_total{result}
 # (topic, partition) -> (high watermark, committed offset); either is None until first known.
 TopicPartitionOffsets = Mapping[tuple[str, int], tuple[int | None, int | None]]
 
@@ -303,7 +307,18 @@ class ComplianceMetrics:
                 ["decision"], registry=registry,
             ),
             gc_pauses=GcPauses(registry),
-        )
+        ).with_every_series()
+
+    def with_every_series(self) -> ComplianceMetrics:
+        """Each labelled counter's series of every known label value, at 0 from the start: an absent series
+        breaks alert rules (increase() cannot see a series that appears with its first increment) and dashboards."""
+        for code in ErrorCode:
+            self.dead_letters.labels(code.value)
+        for reason in POLICY_REJECTION_REASONS:
+            self.policy_rejected.labels(reason)
+        for result in RESCREEN_RESULTS:
+            self.rescreened.labels(result)
+        return self
 
     def set_policy(self, version: str, digest: str, loaded_at: float) -> None:
         self.policy_info.clear()
