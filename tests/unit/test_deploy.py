@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import tomllib
+import xml.etree.ElementTree as ElementTree
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -323,6 +324,12 @@ def test_the_compose_schema_is_strict_enough_to_catch_a_typo() -> None:
     broken["services"]["worker"]["healthckeck"] = {"test": ["CMD", "true"]}
     broken["services"]["kafka"]["depends_on"] = {"worker": {"condition": "service_happy"}}
     assert len(list(compose_validator().iter_errors(broken))) == 2
+
+
+def test_the_compose_broker_is_the_projects_default_broker_version() -> None:
+    pom = ElementTree.parse(ROOT / "kafka" / "pom.xml").getroot()
+    version = pom.findtext("m:properties/m:kafka.version", namespaces={"m": "http://maven.apache.org/POM/4.0.0"})
+    assert compose()["services"]["kafka"]["image"] == f"apache/kafka:{version}", "kafka/pom.xml's kafka.version"
 
 
 def test_compose_services_are_wired_together() -> None:

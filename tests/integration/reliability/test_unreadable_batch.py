@@ -8,8 +8,8 @@ from collections.abc import Callable
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from tests.integration.conftest import WorkerProcess
-from tests.integration.interop.clients import broker_data_dir, java_tool
+from tests.integration.conftest import Broker, WorkerProcess
+from tests.integration.interop.clients import java_tool
 from tests.integration.prometheus import sample
 from tests.integration.test_state_and_policy import decisions_for, log_events, upsert, wait_for
 
@@ -37,9 +37,9 @@ def produce_batches(bootstrap: str, topic: str, partition: int, batches: list[li
     asyncio.run(run())
 
 
-def corrupt(bootstrap: str, topic: str, partition: int, needle: bytes) -> None:
+def corrupt(broker: Broker, topic: str, partition: int, needle: bytes) -> None:
     """Flip one byte of a record's value in the broker's log segment: its batch's CRC no longer matches."""
-    segment = broker_data_dir(bootstrap) / f"{topic}-{partition}" / "00000000000000000000.log"
+    segment = broker.data / f"{topic}-{partition}" / "00000000000000000000.log"
     data = bytearray(segment.read_bytes())
     at = data.index(needle)
     data[at] ^= 0x20
@@ -48,14 +48,15 @@ def corrupt(bootstrap: str, topic: str, partition: int, needle: bytes) -> None:
         out.write(data[at:at + 1])
 
 
-def consumer_groups(bootstrap: str, *args: str) -> str:
+def consumer_groups(broker: Broker, *args: str) -> str:
     return java_tool(
-        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand", "--bootstrap-server", bootstrap, *args,
+        broker, "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand", "--bootstrap-server", broker.bootstrap,
+        *args,
     )
 
 
 def test_a_corrupt_batch_stops_its_partition_only_and_the_runbook_gets_past_it(
-    kafka: str, topics: dict[str, str], start_worker: Callable[..., WorkerProcess],
+    kafka: str, default_broker: Broker, topics: dict[str, str], start_worker: Callable[..., WorkerProcess],
 ) -> None:
     before, corrupt_batch, after = messages("BEFORE", 20), messages("CORRUPT", 10), messages("AFTER", 20)
     corrupt_batch = [(key, value.replace(b'"event_id":"', b'"event_id":"' + MARKER)) for key, value in corrupt_batch]
@@ -63,7 +64,7 @@ def test_a_corrupt_batch_stops_its_partition_only_and_the_runbook_gets_past_it(
     topic = topics["input"]
     produce_batches(kafka, topic, 0, [before, corrupt_batch, after])
     produce_batches(kafka, topic, 1, [others])
-    corrupt(kafka, topic, 0, MARKER)
+    corrupt(default_broker, topic, 0, MARKER)
 
     worker = start_worker()
     decisions_for(worker, before + others)  # what precedes the batch on its partition, and other partitions, go on
@@ -87,7 +88,7 @@ def test_a_corrupt_batch_stops_its_partition_only_and_the_runbook_gets_past_it(
     # docs/runbook.md#complianceunreadablebatch: stop the group, move its offset past the batch, start again.
     worker.stop()
     consumer_groups(
-        worker.bootstrap, "--group", worker.app_id, "--reset-offsets", "--topic", f"{topic}:0",
+        default_broker, "--group", worker.app_id, "--reset-offsets", "--topic", f"{topic}:0",
         "--to-offset", str(20 + len(corrupt_batch)), "--execute",
     )
     worker.start()
