@@ -182,10 +182,13 @@ def record_metrics(runtime: Runtime, events: Sequence[EventT], outcomes: Sequenc
     metrics = runtime.metrics
     decisions: Counter[tuple[str, str]] = Counter()
     dead_letters: Counter[str] = Counter()
+    signals: Counter[str] = Counter()
     tombstones = 0
     for event, outcome in zip(events, outcomes):
         if outcome.kind is DECISION:
             decisions[(outcome.decision or "", outcome.cluster or "none")] += 1
+            if outcome.signals:
+                signals.update(outcome.signals)
         elif outcome.kind is TOMBSTONE:
             tombstones += 1
         else:
@@ -204,6 +207,8 @@ def record_metrics(runtime: Runtime, events: Sequence[EventT], outcomes: Sequenc
         metrics.decisions.labels(decision, cluster).inc(count)
     for code, count in dead_letters.items():
         metrics.dead_letters.labels(code).inc(count)
+    for signal, count in signals.items():
+        metrics.review_signals.labels(signal).inc(count)
     if tombstones:
         metrics.tombstones.inc(tombstones)
     metrics.latency.observe_many(

@@ -13,6 +13,8 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 from prometheus_client.registry import Collector
 
+from worker.core.classify import SIGNAL_CODES
+
 # Event consumed -> decision acknowledged by the broker: milliseconds when healthy, seconds when not.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # One garbage-collector pass: tens of microseconds for the youngest generation, up to hundreds of milliseconds for
@@ -182,6 +184,7 @@ class ComplianceMetrics:
     decisions: Counter
     dead_letters: Counter
     tombstones: Counter
+    review_signals: Counter
     latency: BatchHistogram
     policy_info: Gauge
     policy_loaded: Gauge
@@ -199,6 +202,12 @@ class ComplianceMetrics:
         # and an own registry does not get them by default.
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
+        review_signals = Counter(
+            "compliance_review_signals", "Review signals raised by events, by reason code (a held product's later "
+            "decisions repeat its signal and are not counted)", ["signal"], registry=registry,
+        )
+        for code in SIGNAL_CODES:
+            review_signals.labels(code)  # every series from the start: alert rules and dashboards see 0, not nothing
         return cls(
             registry=registry,
             decisions=Counter(
@@ -213,6 +222,7 @@ class ComplianceMetrics:
                 "compliance_tombstones", "Tombstones (product removed) forwarded to the decisions topic",
                 registry=registry,
             ),
+            review_signals=review_signals,
             latency=BatchHistogram(
                 "compliance_decision_latency_seconds",
                 "Event consumed by the worker -> decision acknowledged by the broker",

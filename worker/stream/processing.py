@@ -36,6 +36,7 @@ class Outcome(NamedTuple):
     cluster: str | None = None
     error_code: str | None = None
     error_message: str | None = None
+    signals: tuple[str, ...] = ()  # the evasion signals this event raised (worker/core/signals.py)
 
 
 def dead_letter_record(
@@ -113,7 +114,7 @@ class Processor:
                 if key != product_key:
                     return self._key_mismatch(value, key, product_key, topic, partition, offset, now)
                 self.state.put(product_key, state, partition)
-                return _tuple_new(Outcome, (DECISION, product_key, record, decision, cluster, None, None))
+                return _tuple_new(Outcome, (DECISION, product_key, record, decision, cluster, None, None, ()))
         if value is None:
             if key is None:
                 return self._dead_letter(
@@ -136,7 +137,9 @@ class Processor:
             self.state.put(product_key, transition.state.encode(), partition)
         decision = transition.decision
         record = transition.record(format_timestamp(now), {"topic": topic, "partition": partition, "offset": offset})
-        return Outcome(DECISION, product_key, orjson.dumps(record), decision.decision, decision.cluster)
+        return Outcome(
+            DECISION, product_key, orjson.dumps(record), decision.decision, decision.cluster, signals=transition.signals
+        )
 
     def _key_mismatch(
         self, raw: bytes, key: bytes | None, product_key: bytes, topic: str, partition: int, offset: int, now: float
