@@ -125,7 +125,7 @@ class FastPath:
             if previous_decision == "block" and self._review:
                 if verdict[0] == "allow":
                     return None  # back with the same seller and title, it raises a signal: the reference path looks
-                if self._holds and not self._holds.isdisjoint(decode_stored_state(stored).held_signals):
+                if self._holds and self._is_held(stored):
                     return None  # held, whatever the facts say
         event_id = facts.event_id
         decision_id = hashlib.blake2b(event_id.encode() + self._id_suffix, digest_size=16).hexdigest()
@@ -145,6 +145,11 @@ class FastPath:
             previous_decision != decision,
         ))
         return product_key, bytes(buffer), record, decision, cluster
+
+    def _is_held(self, stored: bytes) -> bool:
+        """Whether a signal this policy holds keeps the product blocked (the state read in full, only for a block;
+        bytes it cannot read raise as the reference path's reader would)."""
+        return not self._holds.isdisjoint(decode_stored_state(stored).held_signals)
 
     def _judge(self, facts: EventFacts, now: float) -> Verdict | None:
         try:
