@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 import pytest
+import yaml
 from jsonschema import Draft202012Validator
 
 from tests.unit.conftest import make_event
@@ -104,16 +104,17 @@ def check_contract(transition: Transition) -> dict[str, Any]:
         outcome_at = 1 if reasons[0] == HELD else 0
         assert reasons[outcome_at] in OUTCOMES and len(OUTCOMES.intersection(reasons)) == 1, reasons
     assert len(set(reasons)) == len(reasons), reasons
-    assert (decision.decision == "block") if reasons[0] == HELD else True
+    if reasons[0] == HELD:
+        assert decision.decision == "block"
     record = transition.record("2026-12-01T00:00:00.000Z", {"topic": "in", "partition": 0, "offset": 1})
     assert [error.message for error in DECISION_SCHEMA.iter_errors(record)] == []
     assert record["review"] is bool(set(SIGNAL_CODES) & set(reasons))
     return record
 
 
-def decide_after(policy: Policy, before: ProductEvent, after: ProductEvent, decided_by: Policy | None = None) -> Transition:
-    """Decide ``before`` (under ``decided_by``, else ``policy``), then ``after`` under ``policy`` against its state."""
-    first = decide(before, decided_by or policy, None, DEC_1)
+def decide_after(policy: Policy, before: ProductEvent, after: ProductEvent) -> Transition:
+    """Decide ``before``, then ``after`` against the state it left, both under ``policy``."""
+    first = decide(before, policy, None, DEC_1)
     return decide(after, policy, stored(first), DEC_1)
 
 
