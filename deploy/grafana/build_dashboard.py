@@ -166,6 +166,15 @@ def sections() -> list[tuple[str, list[dict[str, Any]]]]:
                 targets((f"sum by (code) (rate(compliance_dead_letters_total{{{SEL}}}[{RATE}]))", "{{code}}")),
                 "reqps", stack=True,
             ),
+            timeseries(
+                "Review signals",
+                "Evasion signals raised in each interval, by reason code: blocked products back with the same "
+                "seller and title, now domestic or outside the restricted clusters (0 unless the policy has a "
+                "review section).",
+                targets((f"sum by (signal) (increase(compliance_review_signals_total{{{SEL}}}[{RATE}]))",
+                         "{{signal}}")),
+                "short", stack=True,
+            ),
         ]),
         ("Latency", [
             timeseries(

@@ -78,8 +78,10 @@ def test_event_schema_examples_decode() -> None:
 
 
 def test_decision_example_id_is_derived_as_documented() -> None:
-    (example,) = load_schema("decision.schema.json")["examples"]
-    assert example["decision_id"] == decision_id(example["event_id"], example["policy_version"])
+    examples = load_schema("decision.schema.json")["examples"]
+    assert [example["review"] for example in examples] == [False, True]
+    for example in examples:
+        assert example["decision_id"] == decision_id(example["event_id"], example["policy_version"])
 
 
 def test_event_schema_bounds_are_the_decoders() -> None:
@@ -138,6 +140,9 @@ def test_decision_of_a_policy_with_a_new_cluster_validates() -> None:
         pytest.param("reasons", ["DOMESTIC_ITEM", "DOMESTIC_ITEM"], id="repeated-reason"),
         pytest.param("cluster", "Textile", id="cluster-not-snake-case"),
         pytest.param("decided_at", "2026-11-29T10:00:00Z", id="decided-at-without-millis"),
+        pytest.param("review", "false", id="review-a-string"),
+        pytest.param("review", True, id="review-without-a-signal"),
+        pytest.param("reasons", ["DOMESTIC_ITEM", "MATCHED_CATEGORY_ID", "ORIGIN_CHANGED_AFTER_BLOCK"], id="signal-without-review"),
     ],
 )
 def test_decision_schema_rejects_broken_records(policy: Policy, field: str, value: Any) -> None:
@@ -145,6 +150,16 @@ def test_decision_schema_rejects_broken_records(policy: Policy, field: str, valu
     assert DECISION_VALIDATOR.is_valid(record)
     record[field] = value
     assert not DECISION_VALIDATOR.is_valid(record)
+
+
+def test_decision_schema_review_follows_the_signals(policy: Policy) -> None:
+    record = classify(decode_event(orjson.dumps(VALID_EVENT)), policy).record(utc_now(), {"file": "-", "line": 1})
+    flagged = {**record, "reasons": ["DOMESTIC_ITEM", "MATCHED_CATEGORY_ID", "ORIGIN_CHANGED_AFTER_BLOCK"], "review": True}
+    held = {**record, "reasons": ["HELD_FOR_REVIEW", "DOMESTIC_ITEM", "CATEGORY_CHANGED_AFTER_BLOCK"], "review": True}
+    written_before_review = {key: value for key, value in record.items() if key != "review"}
+    for valid in (record, flagged, held, written_before_review):
+        assert [error.message for error in DECISION_VALIDATOR.iter_errors(valid)] == []
+    assert not DECISION_VALIDATOR.is_valid({key: value for key, value in flagged.items() if key != "review"})
 
 
 # --- decoder and event schema agree --------------------------------------------------------

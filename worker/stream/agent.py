@@ -291,6 +291,7 @@ def record_metrics(
     decisions: Counter[tuple[str, str]] = Counter()
     overridden: Counter[str] = Counter()
     dead_letters: Counter[str] = Counter()
+    signals: Counter[str] = Counter()
     tombstones = forwards = 0
     for event, outcome in zip(events, outcomes):
         kind = outcome.kind
@@ -298,6 +299,8 @@ def record_metrics(
             decisions[(outcome.decision or "", outcome.cluster or "none")] += 1
             if outcome.overridden:
                 overridden[outcome.decision or ""] += 1
+            if outcome.signals:
+                signals.update(outcome.signals)
         elif kind is FORWARD:
             forwards += 1
         elif kind is TOMBSTONE:
@@ -320,6 +323,8 @@ def record_metrics(
         metrics.dead_letters.labels(code).inc(count)
     for decision, count in overridden.items():
         metrics.override_decisions.labels(decision).inc(count)
+    for signal, count in signals.items():
+        metrics.review_signals.labels(signal).inc(count)
     if tombstones:
         metrics.tombstones.inc(tombstones)
     if forwards:

@@ -13,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 from prometheus_client.registry import Collector
 
+from worker.core.classify import SIGNAL_CODES
 from worker.core.errors import ErrorCode
 
 # Event consumed -> decision acknowledged by the broker: milliseconds when healthy, seconds when not.
@@ -206,6 +207,7 @@ class ComplianceMetrics:
     decisions: Counter
     dead_letters: Counter
     tombstones: Counter
+    review_signals: Counter
     latency: BatchHistogram
     policy_info: Gauge
     policy_loaded: Gauge
@@ -228,6 +230,12 @@ class ComplianceMetrics:
         # and an own registry does not get them by default.
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
+        review_signals = Counter(
+            "compliance_review_signals", "Review signals raised by events, by reason code (a held product's later "
+            "decisions repeat its signal and are not counted)", ["signal"], registry=registry,
+        )
+        for code in SIGNAL_CODES:
+            review_signals.labels(code)  # every series from the start: alert rules and dashboards see 0, not nothing
         return cls(
             registry=registry,
             decisions=Counter(
@@ -242,6 +250,7 @@ class ComplianceMetrics:
                 "compliance_tombstones", "Tombstones (product removed) forwarded to the decisions topic",
                 registry=registry,
             ),
+            review_signals=review_signals,
             latency=BatchHistogram(
                 "compliance_decision_latency_seconds",
                 "Event consumed by the worker -> decision acknowledged by the broker",

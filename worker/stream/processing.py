@@ -40,6 +40,7 @@ class Outcome(NamedTuple):
     error_code: str | None = None
     error_message: str | None = None
     overridden: bool = False  # decided by an override in force (MANUAL_OVERRIDE)
+    signals: tuple[str, ...] = ()  # the evasion signals this event raised (worker/core/signals.py)
 
 
 class Overrides(Protocol):
@@ -148,7 +149,7 @@ class Processor:
                     return self._key_mismatch(value, key, product_key, topic, partition, offset, now)
                 if product_key not in self.overrides:  # an overridden product is the reference path's
                     self.state.put(product_key, state, home)
-                    return _tuple_new(Outcome, (DECISION, product_key, record, decision, cluster, None, None, False))
+                    return _tuple_new(Outcome, (DECISION, product_key, record, decision, cluster, None, None, False, ()))
         if value is None:
             if key is None:
                 return self._dead_letter(
@@ -176,7 +177,8 @@ class Processor:
         if made_by_override:
             record["override"] = override_record(override, transition.policy_decision or "undecidable")  # type: ignore[arg-type]
         return Outcome(
-            DECISION, product_key, orjson.dumps(record), decision.decision, decision.cluster, overridden=made_by_override,
+            DECISION, product_key, orjson.dumps(record), decision.decision, decision.cluster,
+            overridden=made_by_override, signals=transition.signals,
         )
 
     def route(
