@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from confluent_kafka import Producer
 
 from tests.integration.conftest import free_port
 from tests.integration.kafka import consume
@@ -249,3 +250,25 @@ def test_an_existing_topic_that_is_not_compacted_is_used_as_it_is_with_a_warning
         "vanish with retention and cleared ones are kept until then\n"
     )
     assert topic_facts(kafka, topic) == (True, 2, "delete")  # never altered
+
+
+def test_list_reads_committed_records_only_and_does_not_wait_for_an_open_transaction(kafka: str, env: dict[str, str]) -> None:
+    """A tool that writes overrides in transactions: what it aborts or has not committed yet is no override."""
+    topic = env["OVERRIDES_TOPIC"]
+    assert override("set", "P-1", "--decision", "block", "--reason", "r", "--author", "a", **env).returncode == 0
+    document = b'{"decision": "allow", "reason": "bulk import", "author": "tool", "created_at": "2026-11-01"}'
+    producer = Producer({"bootstrap.servers": kafka, "transactional.id": f"it-{uuid.uuid4().hex[:8]}", "acks": "all"})
+    producer.init_transactions(30)
+    for key, outcome in ((b"P-1", "abort"), (b"P-2", "abort"), (b"P-3", "commit"), (b"P-4", "open")):
+        producer.begin_transaction()
+        producer.produce(topic, value=document, key=key)
+        producer.flush(30)
+        if outcome == "abort":
+            producer.abort_transaction(30)
+        elif outcome == "commit":
+            producer.commit_transaction(30)
+    try:
+        rows = json_lines(override("list", "--json", **env))
+        assert [(row["product_id"], row["decision"]) for row in rows] == [("P-1", "block"), ("P-3", "allow")]
+    finally:
+        producer.abort_transaction(30)

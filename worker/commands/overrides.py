@@ -393,6 +393,7 @@ class TopicReader:
         consumer.pause(*[tp for tp in consumer.assignment() if tp not in active])
         stalled_since = time.monotonic()
         while active:
+            unfinished = len(active)
             try:
                 batches = await consumer.getmany(*active, timeout_ms=500)
                 for tp, messages in batches.items():
@@ -409,7 +410,7 @@ class TopicReader:
                         consumer.pause(tp)
             except (KafkaError, OSError) as exc:
                 raise OverrideBrokerError(f"reading {self.topic} failed: {_describe(exc)}") from None
-            if batches:
+            if batches or len(active) < unfinished:
                 stalled_since = time.monotonic()
             elif time.monotonic() - stalled_since > self.timeout:
                 behind = ", ".join(f"partition {tp.partition} at {await consumer.position(tp)} of {stop}"
