@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from worker.core.errors import ComplianceError
 from worker.kafka.security import KafkaSecurityError, client_options, security_problem
@@ -126,9 +126,16 @@ async def ensure_compacted_topic(
     if topic in set(await admin.list_topics()):
         return False
     try:
-        await admin.create_topics([
+        response = await admin.create_topics([
             NewTopic(topic, partitions, replication_factor, topic_configs={"cleanup.policy": "compact"})
         ])
     except TopicAlreadyExistsError:
         return False
+    for topic_error in response.topic_errors:  # the broker answers per topic, not with an exception
+        code = topic_error[1]
+        if code == TopicAlreadyExistsError.errno:
+            return False
+        if code:
+            message = topic_error[2] if len(topic_error) > 2 and topic_error[2] else for_code(code).__name__
+            raise BrokerUnavailable(f"cannot create topic {topic}: {message}")
     return True
