@@ -187,6 +187,8 @@ class Consumer(faust_aiokafka.Consumer):
         self._consumed_to: dict[TP, int] = {}
         # Told which partitions' offsets (and, under exactly_once, transactions) a commit made durable.
         self.on_committed: Callable[[set[TP]], None] | None = None
+        # Per changelog partition, the first and last offset the last fetch returned (``getmany``).
+        self._fetched_changelog: dict[TP, tuple[int, int]] = {}
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -272,6 +274,15 @@ class Consumer(faust_aiokafka.Consumer):
 
         Changelog records always go on: no seek to the committed offsets moves
         their partitions, and a standby table that missed some would stay without them.
+        Faust's own ``getmany`` stops handing records over when the flow stops or
+        the generation changes under it, after aiokafka has moved its positions
+        past the whole fetch; stream partitions are sought back before the flow
+        resumes, changelog partitions never were: a standby then went on from the
+        end of that fetch, without the records before it, and the worker taking
+        its partition over recovered only from there (products decided with no
+        state; seen in the exactly-once rebalance test). So a changelog partition
+        whose fetched records were not all handed over is sought back to the first
+        one that was not.
 
         Each call starts once the drain loop has handed over everything the last
         one returned, so aiokafka's positions then bound what was read
@@ -285,6 +296,8 @@ class Consumer(faust_aiokafka.Consumer):
         handed_over = self._handed_over  # once the flow stops, this batch's hand-overs go to a dict nobody reads
         is_changelog = self._is_changelog_tp
         overlapped = unsought = 0
+        self._fetched_changelog = {}
+        changelog_next: dict[TP, int] = {}  # per changelog partition, one past the last record handed over
         batch = super().getmany(timeout)
         try:
             async for tp, message in batch:
@@ -297,9 +310,12 @@ class Consumer(faust_aiokafka.Consumer):
                     else:
                         overlapped += 1
                     continue
+                if is_changelog(tp):
+                    changelog_next[tp] = message.offset + 1
                 yield tp, message
         finally:
             await batch.aclose()  # type: ignore[attr-defined]
+            self._read_changelog_again(changelog_next)
         if unsought or overlapped:
             self._consumed_to = {}  # positions past records nobody read
         if unsought:
@@ -320,6 +336,33 @@ class Consumer(faust_aiokafka.Consumer):
         if did_commit and self.on_committed is not None:
             self.on_committed(committable)
         return did_commit
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        records, active_partitions = await super()._wait_next_records(timeout)
+        self._note_fetched(records)
+        return records, active_partitions
+
+    def _note_fetched(self, records: Mapping[TP, Any] | None) -> None:
+        is_changelog = self._is_changelog_tp
+        self._fetched_changelog = {
+            tp: (messages[0].offset, messages[-1].offset)
+            for tp, messages in (records or {}).items() if messages and is_changelog(tp)
+        }
+
+    def _read_changelog_again(self, handed_over_to: Mapping[TP, int]) -> None:
+        """Seek back the changelog partitions whose fetched records Faust did not all hand over (``getmany``)."""
+        fetched, self._fetched_changelog = self._fetched_changelog, {}
+        if not fetched:
+            return
+        assignment = self.assignment()
+        for tp, (first, last) in fetched.items():
+            next_offset = handed_over_to.get(tp, first)
+            if next_offset <= last and tp in assignment:
+                self._thread.seek(tp, next_offset)
+                self.log.info(
+                    "Reading %s[%d] again from %d: the fetch up to %d was not handed to the tables",
+                    tp.topic, tp.partition, next_offset, last,
+                )
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         if not self.in_transaction:

@@ -289,7 +289,9 @@ def fetched(consumer: Consumer, offsets: range | Mapping[TP, range], meanwhile: 
     async def wait_next_records(timeout: float) -> tuple[Mapping[TP, list[ConsumerRecord]], set[TP]]:
         if meanwhile is not None:
             await meanwhile()
-        return {tp: [record(o, tp) for o in tp_offsets] for tp, tp_offsets in by_partition.items()}, set(by_partition)
+        records = {tp: [record(o, tp) for o in tp_offsets] for tp, tp_offsets in by_partition.items()}
+        consumer._note_fetched(records)  # as Consumer._wait_next_records does with what Faust's fetched
+        return records, set(by_partition)
 
     consumer._wait_next_records = wait_next_records  # type: ignore[method-assign]
 
@@ -569,3 +571,41 @@ def test_a_commit_tells_which_partitions_it_committed(consumer: Consumer, monkey
     consumer.on_committed = committed.append
     assert run(consumer, consumer._commit_offsets({mine: 5, gone: 3})) is True
     assert sent == [{mine: 5}] and committed == [{mine}], "only what Faust committed: a revoked partition is not"
+
+
+def stopping_after(consumer: Consumer, getmany: Any, count: int) -> list[tuple[TP, int]]:
+    """What ``getmany`` hands over when the flow stops after ``count`` records (a rebalance begins meanwhile)."""
+
+    async def drain() -> list[tuple[TP, int]]:
+        got = []
+        async for tp, message in getmany(1.0):
+            got.append((tp, message.offset))
+            if len(got) == count:
+                consumer.stop_flow()
+        return got
+
+    return run(consumer, drain())  # type: ignore[return-value]
+
+
+def test_fausts_own_getmany_drops_the_rest_of_a_fetch_when_the_flow_stops(consumer: Consumer) -> None:
+    """Why changelog partitions are sought back: aiokafka's positions are already past what was dropped."""
+    changelog = TP(*consumer.app.tables.changelog_topics, 0)
+    streaming(consumer, committed=100)
+    consumer._set_active_tps({changelog})
+    fetched(consumer, {changelog: range(7, 13)})
+    faust_getmany = lambda timeout: faust_aiokafka.Consumer.getmany(consumer, timeout)  # noqa: E731
+    assert stopping_after(consumer, faust_getmany, 2) == [(changelog, 7), (changelog, 8)]
+
+
+def test_a_changelog_fetch_not_all_handed_over_is_read_again_from_the_first_dropped_record(consumer: Consumer) -> None:
+    changelog = TP(*consumer.app.tables.changelog_topics, 0)
+    aiokafka_consumer = streaming(consumer, committed=100)
+    aiokafka_consumer.committed[changelog] = None  # assigned (a standby), never committed
+    consumer._set_active_tps({changelog})
+    fetched(consumer, {changelog: range(7, 13)})
+    assert stopping_after(consumer, consumer.getmany, 2) == [(changelog, 7), (changelog, 8)]
+    assert aiokafka_consumer.sought == [(changelog, 9)]
+    fetched(consumer, {changelog: range(9, 13)})
+    consumer.resume_flow()
+    assert stopping_after(consumer, consumer.getmany, 99) == [(changelog, o) for o in range(9, 13)]
+    assert aiokafka_consumer.sought == [(changelog, 9)], "all handed over: no seek"
