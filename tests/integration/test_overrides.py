@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -71,6 +74,12 @@ def test_an_override_flips_a_product_at_once_holds_for_later_upserts_and_ends_by
     status, body = lookup(worker, "OV-1")
     assert status == 200 and body["decision"] == "allow" and body["override"]["reference"] == "APPEAL-7"
     assert body["override"]["in_force"] is True and body["reasons"][0] == "MANUAL_OVERRIDE"
+    shown = subprocess.run(  # what a person sees: the status command against this worker
+        [str(Path(sys.executable).with_name("compliance-worker")), "status", "OV-1", "--url", worker.url],
+        capture_output=True, text=True, timeout=60, env={**worker.env()},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("OV-1: allow") and "MANUAL_OVERRIDE" in shown.stdout and "APPEAL-7" in shown.stdout
 
     kcat_send(worker.bootstrap, overrides, "OV-1", None)  # cleared: the policy decides again
     cleared = decisions_of(worker, "OV-1", 4)[3]
