@@ -15,6 +15,7 @@ from faust.types import TP
 from worker.stream.app import create_app
 from worker.core import load_bundled_policy
 from worker.kafka.consumer import Consumer
+from worker.kafka import stable_offsets
 from worker.kafka.stable_offsets import UNSTABLE_OFFSET_COMMIT, OffsetFetchResponse_v7, StableOffsetFetchRequest
 from worker.settings import Settings
 
@@ -569,3 +570,23 @@ def test_a_commit_tells_which_partitions_it_committed(consumer: Consumer, monkey
     consumer.on_committed = committed.append
     assert run(consumer, consumer._commit_offsets({mine: 5, gone: 3})) is True
     assert sent == [{mine: 5}] and committed == [{mine}], "only what Faust committed: a revoked partition is not"
+
+
+@pytest.mark.parametrize("in_transaction, falls_back", [(False, True), (True, False)])
+def test_a_seek_falls_back_from_unstable_offsets_only_under_at_least_once(
+    in_transaction: bool, falls_back: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At the wait's bound a stale committed offset means repeats: at_least_once's deal, never exactly_once's."""
+    asked: list[dict[str, Any]] = []
+
+    async def committed_offsets(consumer: Any, partitions: Any, **options: Any) -> dict[TP, int | None]:
+        asked.append(options)
+        return {INPUT: 5}
+
+    monkeypatch.setattr(stable_offsets, "committed_offsets", committed_offsets)
+    for consumer in make_consumer(in_transaction=in_transaction):
+        observer = consumer.transport.on_offsets_wait  # type: ignore[attr-defined]
+        assert observer is not None, "create_app counts the waits"
+        on_this_thread(consumer, Committed({INPUT: 5}))  # type: ignore[arg-type]
+        run(consumer, consumer._thread.seek_to_committed())
+        assert asked == [{"fall_back": falls_back, "observe": observer}]
