@@ -104,6 +104,7 @@ def test_the_seek_waits_out_an_open_transaction_logs_what_it_waits_for_and_count
     worker.wait_ready(timeout=60)  # the broker aborts the zombie's transaction after its 15 s
     (ended,) = log_events(worker, "offsets_waited")
     assert ended["outcome"] == "answered" and ended["seconds"] > 1, ended
+    print(f"the seek waited {ended['seconds']:.1f}s for the zombie's transaction (timeout 15 s) to be aborted")
     metrics = worker.metrics()
     assert sample(metrics, "compliance_committed_offsets_waits_total", outcome="answered") == 1
     assert sample(metrics, "compliance_committed_offsets_wait_seconds_total") == pytest.approx(ended["seconds"], abs=0.01)
