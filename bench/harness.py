@@ -599,7 +599,9 @@ class BrokerBenches:
             share = SCALE_PARTITIONS // workers
             deadline = time.monotonic() + 120
             while True:  # all members ready with their share in one pass = the group settled
-                bodies = [await procs.wait_until(p, lambda b: bool(b.get("ready")), 120, "ready") for p in started]
+                # Ready is only "past its first recovery": a later rebalance is under way while "rebalancing" says so.
+                settled = lambda b: bool(b.get("ready")) and not b.get("rebalancing")  # noqa: E731
+                bodies = [await procs.wait_until(p, settled, 120, "ready and settled") for p in started]
                 if all(len(body.get("assigned_partitions", [])) == share for body in bodies):
                     break
                 if time.monotonic() > deadline:

@@ -219,7 +219,8 @@ def sections() -> list[tuple[str, list[dict[str, Any]]]]:
             timeseries(
                 "Rebalances",
                 "Consumer-group rebalances completed per worker in each interval, and rebalances in progress. "
-                "Frequent rebalances mean workers join and leave (crashes, scaling, failed probes).",
+                "Frequent rebalances mean workers join and leave (crashes, scaling, failed liveness probes); they do "
+                "not make workers unready.",
                 targets(
                     (f"sum by (instance) (increase(faust_rebalance_done_latency_count{{{SEL}}}[{RATE}]))",
                      "completed {{instance}}"),
@@ -231,7 +232,7 @@ def sections() -> list[tuple[str, list[dict[str, Any]]]]:
             timeseries(
                 "Assigned partitions per worker",
                 "Input partitions each worker owns. A worker with none is idle: there are more workers than "
-                "partitions.",
+                "partitions; it is still Ready and holds standby copies of state.",
                 targets((f"count by (instance) (compliance_consumer_end_offset{{{SEL}}})", "{{instance}}")),
                 "short",
             ),
@@ -262,7 +263,7 @@ def sections() -> list[tuple[str, list[dict[str, Any]]]]:
             timeseries(
                 "Memory",
                 "Resident memory of each worker process. Compare with the container limit (512 MiB in "
-                "deploy/k8s/deployment.yaml).",
+                "deploy/k8s/statefulset.yaml); the RocksDB cache (STATE_CACHE_MB) is part of it.",
                 targets((f"process_resident_memory_bytes{{{SEL}}}", "{{instance}}")),
                 "bytes",
             ),

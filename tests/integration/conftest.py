@@ -176,7 +176,14 @@ class WorkerProcess:
             return error.code, error.read()
 
     def wait_ready(self, timeout: float = 60.0) -> dict:
-        """Poll /readyz until it answers 200, failing early if the process dies."""
+        """Poll /readyz until it answers 200 (its first recovery after start is done), failing early if it dies."""
+        return self._wait_readyz(lambda body: True, "ready", timeout)
+
+    def wait_settled(self, timeout: float = 60.0) -> dict:
+        """Poll /readyz until it answers 200 with no rebalance or recovery under way (a later one included)."""
+        return self._wait_readyz(lambda body: not body["rebalancing"] and not body["recovering"], "settled", timeout)
+
+    def _wait_readyz(self, done: Callable[[dict], bool], what: str, timeout: float) -> dict:
         import orjson
 
         deadline = time.monotonic() + timeout
@@ -188,12 +195,12 @@ class WorkerProcess:
             try:
                 status, body = self.get("/readyz")
                 last = body
-                if status == 200:
-                    return orjson.loads(body)
+                if status == 200 and done(answer := orjson.loads(body)):
+                    return answer
             except OSError as error:
                 last = error
             time.sleep(0.2)
-        pytest.fail(f"worker not ready after {timeout}s (last: {last!r}); log:\n{self.tail_log()}", pytrace=False)
+        pytest.fail(f"worker not {what} after {timeout}s (last: {last!r}); log:\n{self.tail_log()}", pytrace=False)
 
     def metrics(self) -> str:
         status, body = self.get("/metrics")

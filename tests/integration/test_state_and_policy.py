@@ -584,13 +584,14 @@ def test_invalid_policy_published_while_the_worker_starts_is_reported(
 
 
 def assignments(workers: list[WorkerProcess]) -> list[list[int]] | None:
-    """Each worker's input partitions once all are ready and together own every partition exactly once."""
+    """Each worker's input partitions once all are ready and settled and together own every partition exactly once."""
     found = []
     for worker in workers:
         status, body = worker.get("/readyz")
-        if status != 200:
+        answer = orjson.loads(body) if status == 200 else None
+        if answer is None or answer["rebalancing"] or answer["recovering"]:
             return None
-        found.append(orjson.loads(body)["assigned_partitions"])
+        found.append(answer["assigned_partitions"])
     every = sorted(p for partitions in found for p in partitions)
     return found if every == [0, 1, 2, 3] and all(found) else None
 

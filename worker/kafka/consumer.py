@@ -72,7 +72,10 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     aiokafka's own request answers, for a moment after a transaction commits,
     with the offsets before it: a worker that committed in its revoke handler and
     sought soon after decided those events again (28 committed duplicates in one
-    CI run).
+    CI run). An open transaction holds that answer back for up to its timeout:
+    the wait is bounded, logged and told to the transport's ``on_offsets_wait``;
+    at the bound the seek fails (exactly_once), or goes on from the plain
+    committed offsets (at_least_once).
 
     aiokafka's ``seek_to_committed`` leaves a partition with no committed offset
     (or offset 0) where its fetches left it. Right after a rebalance that can be
@@ -138,7 +141,13 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     async def _seek_to_committed(self) -> Mapping[TP, int | None]:
         consumer = self._ensure_consumer()
-        committed = await stable_offsets.committed_offsets(consumer, consumer.assignment())
+        faust_consumer = self.consumer
+        committed = await stable_offsets.committed_offsets(
+            consumer, consumer.assignment(),
+            # A stale committed offset means events decided again: at_least_once's deal, never exactly_once's.
+            fall_back=not faust_consumer.in_transaction,
+            observe=faust_consumer.transport.on_offsets_wait,  # type: ignore[attr-defined]
+        )
         for tp, offset in committed.items():
             if offset is not None:
                 consumer.seek(tp, offset)
@@ -455,9 +464,11 @@ class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
 
     def __init__(
-        self, *args: Any, isolation_level: str = READ_COMMITTED, watched_topics: tuple[str, ...] = (), **kwargs: Any,
+        self, *args: Any, isolation_level: str = READ_COMMITTED, watched_topics: tuple[str, ...] = (),
+        on_offsets_wait: stable_offsets.WaitObserver | None = None, **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.isolation_level = isolation_level
         self.watched_topics = watched_topics
         self.unreadable = unreadable.UnreadableBatches()
+        self.on_offsets_wait = on_offsets_wait  # told how each wait for stable committed offsets ended

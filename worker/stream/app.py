@@ -28,6 +28,7 @@ from worker.kafka.probe import BrokerProbe
 from worker.kafka.schema import RawSchema
 from worker.kafka.security import client_options, faust_credentials, scrub_logs
 from worker.kafka.stores import MemoryStore, RocksDBStore, StateDirInUse, StateTable, lock_state_dir
+from worker.kafka.supervisor import supervisor_telling
 from worker.kafka.topics import PartitionsMismatch, ensure_compacted_topic, ensure_topics
 from worker.kafka.whole_topic import WholeTopic
 from worker.settings import Settings, SettingsError
@@ -131,6 +132,8 @@ def create_app(
 ) -> faust.App:
     """The Faust app with its topics, state table, agent, metrics and web views; nothing is started."""
     registry = registry if registry is not None else CollectorRegistry()
+    metrics = ComplianceMetrics.create(registry)
+    agent_restarts = health.AgentRestarts(metrics.agent_restarts)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
@@ -151,6 +154,7 @@ def create_app(
         tabledir=state_path(settings),
         table_standby_replicas=settings.table_standby_replicas,
         autodiscover=False,
+        agent_supervisor=supervisor_telling(agent_restarts.restarted),
         producer_acks=-1,
         # Decisions, dead letters and the state changelog alike: one producer, and the outbox builds its batches from it.
         producer_compression_type=None if settings.kafka_compression_type == "none" else settings.kafka_compression_type,
@@ -169,10 +173,10 @@ def create_app(
     app.transport = Transport(
         app.conf.broker_consumer, app, isolation_level=settings.kafka_isolation_level,
         watched_topics=tuple(dict.fromkeys((settings.input_topic, settings.state_topic, changelog_topic(settings)))),
+        on_offsets_wait=metrics.offsets_waited,
     )
     stopped_at = app.transport.unreadable
     buffer.use_byte_bounded_buffers(app, STREAM_BUFFER_MAX_BYTES)
-    metrics = ComplianceMetrics.create(registry)
     monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "faust"))
     app.monitor = monitor
     metrics.watch_consumer(lambda: _consumer_offsets(app, {settings.input_topic, settings.state_topic}))
@@ -259,24 +263,36 @@ def create_app(
 
     @app.page("/readyz")
     async def readyz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        assigned = sorted(
-            tp.partition for tp in app.consumer.assignment() if tp.topic == settings.input_topic
-        )
-        broker = await probe.reachable()
-        rebalancing = bool(app.rebalancing)
         stopped = stopped_at.now()
-        reasons = health.readiness(assigned, broker, rebalancing, bool(stopped))
-        ready = not reasons
+        observed = health.Observed(
+            broker_reachable=await probe.reachable(),
+            recovered=app.tables.recovery.completed.is_set(),  # set by every recovery's end, never cleared
+            seconds_since_agent_restart=agent_restarts.seconds_since_last(),
+            assigned_partitions=sorted(
+                tp.partition for tp in app.consumer.assignment() if tp.topic == settings.input_topic
+            ),
+            rebalancing=bool(app.rebalancing),
+            recovering=bool(app.tables.recovery.in_recovery),
+            unreadable=bool(stopped),
+        )
+        verdict = health.readiness(observed)
         body = {
-            "ready": ready,
-            "reasons": reasons,
-            "assigned_partitions": assigned,
-            "broker_reachable": broker,
-            "rebalancing": rebalancing,
+            "ready": verdict.ready,
+            "reasons": verdict.reasons,
+            "notes": verdict.notes,
+            "assigned_partitions": observed.assigned_partitions,
+            "standby_partitions": sorted(
+                tp.partition for tp in app.assignor.assigned_standbys() if tp.topic == table.changelog_topic_name
+            ),
+            "broker_reachable": observed.broker_reachable,
+            "recovered": observed.recovered,
+            "rebalancing": observed.rebalancing,
+            "recovering": observed.recovering,
+            "agent_restarts": agent_restarts.count,
             "policy_version": runtime.policy.version,
             "unreadable": [found._asdict() for found in stopped],
         }
-        return web.json(body, status=200 if ready else 503)
+        return web.json(body, status=200 if verdict.ready else 503)
 
     return app
 

@@ -222,6 +222,9 @@ class ComplianceMetrics:
     overrides_active: Gauge
     overrides_rejected: Counter
     override_decisions: Counter
+    agent_restarts: Counter
+    offsets_waits: Counter
+    offsets_wait_seconds: Counter
     gc_pauses: GcPauses
 
     @classmethod
@@ -315,6 +318,24 @@ class ComplianceMetrics:
                 "Decisions an override in force made (first reason MANUAL_OVERRIDE), by decision",
                 ["decision"], registry=registry,
             ),
+            agent_restarts=Counter(
+                "compliance_agent_restarts",
+                "Restarts of the decide agent after it crashed (a failed delivery, a bug): each makes /readyz 503 "
+                "for a while (agent_restarting)",
+                registry=registry,
+            ),
+            offsets_waits=Counter(
+                "compliance_committed_offsets_waits",
+                "Seeks that had to wait for the group's committed offsets (an open transaction's, a coordinator "
+                "moving), by how the wait ended: answered, fell_back (at_least_once, at the bound: the offsets "
+                "before the open transaction's), timed_out (the seek and the rebalance fail)",
+                ["outcome"], registry=registry,
+            ),
+            offsets_wait_seconds=Counter(
+                "compliance_committed_offsets_wait_seconds",
+                "Seconds seeks spent waiting for the group's committed offsets",
+                registry=registry,
+            ),
             gc_pauses=GcPauses(registry),
         ).with_every_series()
 
@@ -333,6 +354,10 @@ class ComplianceMetrics:
         self.policy_info.clear()
         self.policy_info.labels(version=version, digest=digest[:12]).set(1)
         self.policy_loaded.set(loaded_at)
+
+    def offsets_waited(self, outcome: str, seconds: float) -> None:
+        self.offsets_waits.labels(outcome).inc()
+        self.offsets_wait_seconds.inc(seconds)
 
     def watch_consumer(self, read_offsets: Callable[[], TopicPartitionOffsets]) -> None:
         self.registry.register(ConsumerLagCollector(read_offsets))

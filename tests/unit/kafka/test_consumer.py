@@ -15,6 +15,7 @@ from faust.types import TP
 from worker.stream.app import create_app
 from worker.core import load_bundled_policy
 from worker.kafka.consumer import Consumer
+from worker.kafka import stable_offsets
 from worker.kafka.stable_offsets import UNSTABLE_OFFSET_COMMIT, OffsetFetchResponse_v7, StableOffsetFetchRequest
 from worker.settings import Settings
 
@@ -609,3 +610,23 @@ def test_a_changelog_fetch_not_all_handed_over_is_read_again_from_the_first_drop
     consumer.resume_flow()
     assert stopping_after(consumer, consumer.getmany, 99) == [(changelog, o) for o in range(9, 13)]
     assert aiokafka_consumer.sought == [(changelog, 9)], "all handed over: no seek"
+
+
+@pytest.mark.parametrize("in_transaction, falls_back", [(False, True), (True, False)])
+def test_a_seek_falls_back_from_unstable_offsets_only_under_at_least_once(
+    in_transaction: bool, falls_back: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At the wait's bound a stale committed offset means repeats: at_least_once's deal, never exactly_once's."""
+    asked: list[dict[str, Any]] = []
+
+    async def committed_offsets(consumer: Any, partitions: Any, **options: Any) -> dict[TP, int | None]:
+        asked.append(options)
+        return {INPUT: 5}
+
+    monkeypatch.setattr(stable_offsets, "committed_offsets", committed_offsets)
+    for consumer in make_consumer(in_transaction=in_transaction):
+        observer = consumer.transport.on_offsets_wait  # type: ignore[attr-defined]
+        assert observer is not None, "create_app counts the waits"
+        on_this_thread(consumer, Committed({INPUT: 5}))  # type: ignore[arg-type]
+        run(consumer, consumer._thread.seek_to_committed())
+        assert asked == [{"fall_back": falls_back, "observe": observer}]
