@@ -66,7 +66,7 @@ def test_a_corrupt_batch_stops_its_partition_only_and_the_runbook_gets_past_it(
     produce_batches(kafka, topic, 1, [others])
     corrupt(default_broker, topic, 0, MARKER)
 
-    worker = start_worker()
+    worker = start_worker(ready=False)  # it may meet the batch before it would first answer ready
     decisions_for(worker, before + others)  # what precedes the batch on its partition, and other partitions, go on
 
     def stopped() -> dict | None:
