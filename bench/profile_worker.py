@@ -3,6 +3,7 @@
     python -m bench.profile_worker --events 100000 --partitions 4            # CPU us per event, events/s
     python -m bench.profile_worker --cprofile /tmp/worker.prof               # the same under cProfile
     python -c 'import pstats; pstats.Stats("/tmp/worker.prof").sort_stats("tottime").print_stats(30)'
+    python -m bench.profile_worker --py-spy /tmp/worker.txt                   # every thread sampled by py-spy
 
 It starts its own broker (scripts/kafka.sh, port 29492 unless --port), writes fresh topics, starts
 `compliance-worker worker` with production defaults, and stops both at the end. Rates are from the
@@ -13,6 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -42,6 +46,14 @@ async def run(args: argparse.Namespace) -> int:
                 f"cProfile.run('main()', {str(args.cprofile)!r})"
             )]
         proc.start()
+        spy = None
+        if args.py_spy:
+            # Sampled from outside, every thread (Faust's consumer runs aiokafka in a thread of its own), without
+            # cProfile's overhead per call: the split by layer in docs/performance.md comes from this.
+            spy = subprocess.Popen([
+                str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proc.pid), "--threads",
+                "--nonblocking", "--rate", "250", "--format", "raw", "--output", str(args.py_spy),
+            ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         first: list[tuple[float, float]] = []
 
         def on_poll(total: int) -> None:
@@ -52,13 +64,34 @@ async def run(args: argparse.Namespace) -> int:
         await kafka.wait_for(topics.output_tps(), count, check=proc.check, on_poll=on_poll, timeout=900, stall=120,
                              what="profile")
         seconds, cpu = time.monotonic() - first[0][0], (proc.sample(), proc.cpu_s)[1] - first[0][1]
+        threads = thread_cpu(proc.pid)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled when interrupted
+            spy.wait(60)
         exit_code = proc.stop(timeout=60)
         print(f"{count:,} events, {args.partitions} partitions: {cpu / count * 1e6:.1f} us of CPU per event, "
               f"{count / seconds:,.0f} events/s, {cpu / seconds:.0%} of a core; exit {exit_code}; log {proc.log_path}")
+        print("CPU seconds by thread, whole run: " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in threads))
         return 0 if exit_code == 0 else 1
     finally:
         await kafka.close()
         broker.stop()
+
+
+def thread_cpu(pid: int) -> list[tuple[str, float]]:
+    """CPU seconds each thread of ``pid`` has used (user + system), largest first: the main thread runs the agents,
+    Faust's consumer thread runs aiokafka's consumer."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+            name = (task / "comm").read_text().strip()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        found.append((f"{name}[{task.name}]", (int(fields[11]) + int(fields[12])) / ticks))
+    return sorted(found, key=lambda item: -item[1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--port", type=int, default=29492)
     parser.add_argument("--cprofile", type=Path, help="write a cProfile of the worker's main thread here")
+    parser.add_argument("--py-spy", type=Path, help="write py-spy's samples of every thread here (collapsed stacks)")
     return asyncio.run(run(parser.parse_args(argv)))
 
 

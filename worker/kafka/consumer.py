@@ -11,6 +11,7 @@ from faust.types import TP, Message
 from mode.services import WaitResults
 
 from worker.kafka import stable_offsets, unreadable
+from worker.kafka.conductor import Conductor
 from worker.kafka.transactions import TransactionAborted, TransactionGate
 
 READ_COMMITTED = "read_committed"
@@ -462,6 +463,7 @@ class Transport(faust_aiokafka.Transport):
     """
 
     Consumer = Consumer
+    Conductor = Conductor
 
     def __init__(
         self, *args: Any, isolation_level: str = READ_COMMITTED, watched_topics: tuple[str, ...] = (),
