@@ -26,6 +26,7 @@ from tests.integration.test_state_and_policy import (
 )
 from worker.core import Policy, classify, decode_event
 from worker.core.policy import BUNDLED_POLICY, parse_policy_bytes
+from worker.core.state import ProductState
 
 DRESS = "Apparel & Accessories > Clothing > Dresses"
 SNACKS = "Food, Beverages & Tobacco > Food Items > Snack Foods"
@@ -198,13 +199,13 @@ def test_a_cluster_becomes_restricted_at_its_effective_from_while_the_worker_run
 # --- re-screening what a new policy cannot decide ----------------------------------------------------------------
 
 
-def changelog(worker: WorkerProcess) -> dict[bytes, dict[str, Any] | None]:
-    """The newest state record of each product on the worker's state changelog topic."""
-    newest: dict[bytes, dict[str, Any] | None] = {}
+def changelog(worker: WorkerProcess) -> dict[bytes, ProductState | None]:
+    """The newest state record of each product on the worker's state changelog topic, decoded as the worker does."""
+    newest: dict[bytes, ProductState | None] = {}
     for decoded in read_to_end(worker.bootstrap, f"{worker.app_id}-decision-state-changelog", json=False):
         record: Record = decoded.record
         assert record.key is not None
-        newest[record.key] = None if record.value is None else orjson.loads(record.value)
+        newest[record.key] = None if record.value is None else ProductState.decode(record.key, record.value)
     return newest
 
 
@@ -248,8 +249,8 @@ def test_rescreen_keeps_the_decision_of_products_the_new_policy_cannot_decide(
     state = changelog(first)
     for key in ("XB-PHONE-NO-PRICE", "XB-PHONE-EUR"):
         stored = state[key.encode()]
-        assert stored is not None and (stored["policy_version"], stored["decision"]) == (new.version, "allow"), stored
-        assert stored["decision_id"] == seeded[key]["decision_id"], "the decision in force is the one published"
+        assert stored is not None and (stored.policy_version, stored.decision) == (new.version, "allow"), stored
+        assert stored.decision_id == seeded[key]["decision_id"], "the decision in force is the one published"
     assert first.stop() == 0, first.tail_log()
 
     # A restarted worker recovers that state: nothing is due for re-screening under the policy in force.
