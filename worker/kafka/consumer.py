@@ -11,6 +11,7 @@ from faust.types import TP, Message
 from mode.services import WaitResults
 
 from worker.kafka import stable_offsets, unreadable
+from worker.kafka.recovery import ChangelogRead, TableManager
 from worker.kafka.transactions import TransactionAborted, TransactionGate
 
 READ_COMMITTED = "read_committed"
@@ -89,6 +90,24 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     last stable offset (``highwater``), so an upstream's open transaction is not
     counted as lag the worker could work off.
     """
+
+    fetches_started = 0
+    last_fetch: ChangelogRead | None = None
+
+    async def _fetch_records(
+        self, consumer: Any, active_partitions: set[TP], timeout: float | None = None, max_records: int | None = None,
+    ) -> Any:
+        """Faust's fetch; with its records, the changelog positions they leave (``worker/kafka/recovery.py``).
+
+        Taken on this thread as the fetch returns, before anything else can move
+        a position: every changelog record below them was returned by this fetch
+        or an earlier one.
+        """
+        self.fetches_started += 1
+        fetch = self.fetches_started
+        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
+        self.last_fetch = ChangelogRead(fetch, self.positions(self.consumer._is_changelog_tp))  # noqa: SLF001
+        return records
 
     def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -187,9 +206,17 @@ class Consumer(faust_aiokafka.Consumer):
         self._consumed_to: dict[TP, int] = {}
         # Told which partitions' offsets (and, under exactly_once, transactions) a commit made durable.
         self.on_committed: Callable[[set[TP]], None] | None = None
+        # Per partition, the highest offset handed to the drain loop (the table recovery reads the changelog ones).
+        self.last_handed_over: dict[TP, int] = {}
+        # The changelog positions of the last fetch whose records the drain loop has all taken (worker/kafka/recovery.py).
+        self.changelog_read: ChangelogRead | None = None
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def fetches_started(self) -> int:
+        """How many fetches the consumer thread has begun (``ChangelogRead.fetch`` of a later one is higher)."""
+        return self._thread.fetches_started
 
     def stop_flow(self) -> None:
         super().stop_flow()
@@ -276,6 +303,9 @@ class Consumer(faust_aiokafka.Consumer):
         Each call starts once the drain loop has handed over everything the last
         one returned, so aiokafka's positions then bound what was read
         (``_new_offset``); they are kept only while nothing was dropped or sought.
+        Likewise, once the drain loop has taken every record of a fetch, with the
+        flow running and no rebalance since, the changelog positions the fetch left
+        bound what the table recovery was handed (``changelog_read``).
         """
         started = self._seeks_started
         no_seek_under_way = self._seeks_done == started
@@ -285,6 +315,8 @@ class Consumer(faust_aiokafka.Consumer):
         handed_over = self._handed_over  # once the flow stops, this batch's hand-overs go to a dict nobody reads
         is_changelog = self._is_changelog_tp
         overlapped = unsought = 0
+        last_handed_over = self.last_handed_over
+        generation = self.app.consumer_generation_id
         batch = super().getmany(timeout)
         try:
             async for tp, message in batch:
@@ -297,9 +329,13 @@ class Consumer(faust_aiokafka.Consumer):
                     else:
                         overlapped += 1
                     continue
+                if message.offset > last_handed_over.get(tp, -1):
+                    last_handed_over[tp] = message.offset
                 yield tp, message
         finally:
             await batch.aclose()  # type: ignore[attr-defined]
+        if self.flow_active and self.app.consumer_generation_id == generation:
+            self.changelog_read = self._thread.last_fetch  # Faust's getmany dropped nothing: every record was taken
         if unsought or overlapped:
             self._consumed_to = {}  # positions past records nobody read
         if unsought:
@@ -405,6 +441,10 @@ class Consumer(faust_aiokafka.Consumer):
 class Transport(faust_aiokafka.Transport):
     """Faust's aiokafka transport with the consumer above, reading its input at ``isolation_level``.
 
+    It also gives the app the table manager whose recovery ends once this
+    consumer has read the changelogs past their transaction markers
+    (``worker/kafka/recovery.py``): the app's tables must not exist yet.
+
     A batch of one of ``watched_topics`` that cannot be read stops only its
     partition (``worker/kafka/unreadable.py``), and ``unreadable`` tells which.
     """
@@ -415,6 +455,10 @@ class Transport(faust_aiokafka.Transport):
         self, *args: Any, isolation_level: str = READ_COMMITTED, watched_topics: tuple[str, ...] = (), **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        app = self.app
+        if "tables" in vars(app):  # Faust's cached table manager, built from app.conf.TableManager on first use
+            raise RuntimeError("the transport must be set before the app's tables are used")
+        app.conf.TableManager = TableManager
         self.isolation_level = isolation_level
         self.watched_topics = watched_topics
         self.unreadable = unreadable.UnreadableBatches()
