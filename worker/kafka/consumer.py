@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Mapping
 from typing import Any
 
+from faust.transport.consumer import TopicPartitionGroup
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 from mode.services import WaitResults
@@ -218,6 +219,23 @@ class Consumer(faust_aiokafka.Consumer):
         """How many fetches the consumer thread has begun (``ChangelogRead.fetch`` of a later one is higher)."""
         return self._thread.fetches_started
 
+    def resume_flow(self) -> None:
+        """Faust's resume, except once the app stops: a table recovery ending then would process events after the last commit.
+
+        The app's stop stops the flow and the fetcher, waits for the events in
+        progress, and commits the last offsets, ending each partition's
+        transaction (``commit_and_end_transactions``); the consumer's own stop
+        commits once more later. The table recovery keeps running until the
+        tables stop, after that first commit, and when it ends meanwhile Faust
+        resumes the flow and starts the fetcher again (``on_recovery_completed``):
+        events fetched then were decided and acked after the transactions had
+        ended, and the consumer's commit on stop raised aiokafka's
+        IllegalOperation('Not in the middle of a transaction').
+        """
+        if self.app.should_stop:
+            return
+        super().resume_flow()
+
     def stop_flow(self) -> None:
         super().stop_flow()
         self._handed_over = {}  # the streams drop what they hold (agents.forget): it is fetched again
@@ -349,13 +367,47 @@ class Consumer(faust_aiokafka.Consumer):
                     self.log.warning("Seeking to the committed offsets again failed: %r", exc)
 
     async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
-        """Faust's commit; then ``on_committed`` hears which partitions it committed (Faust tells only its tables)."""
+        """Faust's commit; then ``on_committed`` hears which partitions it committed (Faust tells only its tables).
+
+        Under exactly_once, offsets of a partition whose transaction an earlier
+        commit ended (``commit_and_end_transactions``, on stop) are left
+        uncommitted, with a warning: no transaction can carry them any more, and
+        the partition's next owner reads them again. Faust's commit sends them to
+        the ended transaction, and aiokafka raises IllegalOperation('Not in the
+        middle of a transaction'): a worker exited non-zero on its second
+        stop-time commit (docs/reliability.md).
+        """
+        if self.in_transaction:
+            ended = self._transactions_ended(offsets)
+            if ended:
+                self.log.warning(
+                    "Not committing %r: the transactions of these partitions were ended by an earlier commit "
+                    "(their next owner reads them again)", {tp: offsets[tp] for tp in sorted(ended)},
+                )
+                offsets = {tp: offset for tp, offset in offsets.items() if tp not in ended}
+                if not offsets:
+                    return False
         assignment = self.assignment()
         committable = {tp for tp in offsets if tp in assignment}  # what Faust's commit keeps
         did_commit = await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
         if did_commit and self.on_committed is not None:
             self.on_committed(committable)
         return did_commit
+
+    def _transactions_ended(self, offsets: Mapping[TP, int]) -> set[TP]:
+        """The partitions whose transactional producer is not in a transaction (Faust names them as its commit does)."""
+        app = self.app
+        producers = app.producer._transaction_producers  # noqa: SLF001 - Faust's producer per transactional id
+        if not producers:
+            return set()
+        id_format = self.transactions.transactional_id_format
+        ended = set()
+        for tp in offsets:
+            group = TopicPartitionGroup(tp.topic, tp.partition, app.assignor.group_for_topic(tp.topic))
+            producer = producers.get(id_format.format(tpg=group, group_id=app.conf.id))
+            if producer is not None and not producer._txn_manager.is_in_transaction():  # noqa: SLF001 - aiokafka's state
+                ended.add(tp)
+        return ended
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         if not self.in_transaction:

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -569,3 +570,72 @@ def test_a_commit_tells_which_partitions_it_committed(consumer: Consumer, monkey
     consumer.on_committed = committed.append
     assert run(consumer, consumer._commit_offsets({mine: 5, gone: 3})) is True
     assert sent == [{mine: 5}] and committed == [{mine}], "only what Faust committed: a revoked partition is not"
+
+
+class TransactionalProducer:
+    """aiokafka's transactional producer as a commit meets it: its own transaction state machine and offset check."""
+
+    def __init__(self) -> None:
+        from aiokafka.producer.transaction_manager import TransactionManager
+
+        self._txn_manager = TransactionManager("cw-input-input-0", 60_000)
+        self._txn_manager.set_pid_and_epoch(1, 0)  # initialized: ready for a transaction
+        self.sent_offsets: list[dict[TP, int]] = []
+
+    _ensure_transactional = AIOKafkaProducer._ensure_transactional
+
+    async def send_offsets_to_transaction(self, offsets: Mapping[TP, int], group_id: str) -> None:
+        if not self._txn_manager.is_in_transaction():  # aiokafka's own method: it raises before any request
+            await AIOKafkaProducer.send_offsets_to_transaction(self, offsets, group_id)  # type: ignore[arg-type]
+        self.sent_offsets.append(dict(offsets))  # in a transaction: the request it would send
+
+    async def commit_transaction(self) -> None:
+        self._txn_manager.committing_transaction()
+        self._txn_manager.complete_transaction()
+
+    async def begin_transaction(self) -> None:
+        self._txn_manager.begin_transaction()
+
+
+def with_transactions(consumer: Consumer, ended: set[TP], open_: set[TP]) -> dict[TP, TransactionalProducer]:
+    """The app's producer holding a transactional producer per partition: ``ended`` ones after a commit that ended it."""
+    consumer.assignment = lambda: ended | open_  # type: ignore[method-assign]
+    consumer.app.assignor._topic_groups[INPUT.topic] = 0  # what the assignor learns from the app's agents
+    producer = consumer.app.producer
+    producers = {}
+
+    async def make() -> None:
+        for tp in sorted(ended | open_):
+            transactional = producers[tp] = TransactionalProducer()
+            transactional._txn_manager.begin_transaction()
+            if tp in ended:
+                await transactional.commit_transaction()  # commit_and_end_transactions: no new transaction begun
+            transactional_id = f"{consumer.app.conf.id}-{consumer.app.assignor.group_for_topic(tp.topic)}-{tp.partition}"
+            producer._transaction_producers[transactional_id] = transactional
+            producer._trn_locks[transactional_id] = asyncio.Lock()
+
+    run(consumer, make())
+    return producers
+
+
+def test_fausts_own_commit_into_an_ended_transaction_raises(exactly_once_consumer: Consumer) -> None:
+    """The stop-time failure (also asserted, so the override can go when Faust changes): offsets for a partition whose
+    transaction the first stop-time commit ended reach aiokafka, which raises."""
+    from aiokafka.errors import IllegalOperation
+    from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
+
+    with_transactions(exactly_once_consumer, ended={INPUT}, open_=set())
+    with pytest.raises(IllegalOperation, match="Not in the middle of a transaction"):
+        run(exactly_once_consumer, FaustConsumer._commit_offsets(exactly_once_consumer, {INPUT: 161}, False))
+
+
+def test_offsets_of_an_ended_transaction_are_left_for_the_next_owner(exactly_once_consumer: Consumer) -> None:
+    other = TP(INPUT.topic, 1)
+    producers = with_transactions(exactly_once_consumer, ended={INPUT}, open_={other})
+    exactly_once_consumer._committed_offset[INPUT] = 140
+    committed = run(exactly_once_consumer, exactly_once_consumer._commit_offsets({INPUT: 161, other: 50}, False))
+    assert committed is True
+    assert producers[INPUT].sent_offsets == [] and producers[other].sent_offsets == [{other: 50}]
+    assert exactly_once_consumer._committed_offset[INPUT] == 140, "not committed: read again by the next owner"
+    assert exactly_once_consumer._committed_offset[other] == 50
+    assert run(exactly_once_consumer, exactly_once_consumer._commit_offsets({INPUT: 161}, False)) is False

@@ -181,3 +181,45 @@ def test_records_handed_over_are_tracked_per_partition(consumer: Consumer) -> No
     assert handed_over(consumer, consumer.getmany) == [(CHANGELOG, 3), (CHANGELOG, 4), (CHANGELOG, 5)]
     assert consumer.last_handed_over[CHANGELOG] == 5
 
+
+def completed_while_stopping(consumer: Consumer, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Faust's end of a recovery (``on_recovery_completed``) run after the app began to stop; what it restarted."""
+    app = consumer.app
+    restarted: list[str] = []
+
+    async def perform_seek() -> None:
+        return None
+
+    async def maybe_start() -> bool:
+        restarted.append("fetcher")
+        return True
+
+    monkeypatch.setattr(consumer, "assignment", lambda: {INPUT_TP})
+    monkeypatch.setattr(consumer, "perform_seek", perform_seek)
+    monkeypatch.setattr(app._fetcher, "maybe_start", maybe_start)
+    consumer.stop_flow()  # what the app's stop does first (App._stop_consumer)
+    app._stopped.set()
+    recovery = app.tables.recovery
+    run(consumer, recovery.on_recovery_completed(app.consumer_generation_id))
+    return restarted
+
+
+INPUT_TP = TP("input", 0)
+
+
+def test_fausts_recovery_ending_while_the_app_stops_resumes_the_flow_and_the_fetcher(
+    consumer: Consumer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Why ``Consumer.resume_flow`` ignores a stopping app (also asserted, so it can go when Faust changes)."""
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    monkeypatch.setattr(Consumer, "resume_flow", faust_aiokafka.Consumer.resume_flow)
+    assert completed_while_stopping(consumer, monkeypatch) == ["fetcher"]
+    assert consumer.flow_active, "events would be fetched and processed after the stop's last commit"
+
+
+def test_a_recovery_ending_while_the_app_stops_leaves_the_flow_stopped(
+    consumer: Consumer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    completed_while_stopping(consumer, monkeypatch)
+    assert not consumer.flow_active and not consumer.can_resume_flow.is_set()
