@@ -30,7 +30,7 @@ def recoveries(log: Path) -> list[float]:
         except orjson.JSONDecodeError:
             continue
         message = record.get("message", "")
-        if record.get("logger") != "faust.tables.recovery":
+        if not record.get("logger", "").endswith("recovery"):  # Faust's module, or worker.kafka.recovery's service
             continue
         at = datetime.fromisoformat(record["time"])
         if message.startswith("generation id "):

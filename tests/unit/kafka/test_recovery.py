@@ -223,3 +223,32 @@ def test_a_recovery_ending_while_the_app_stops_leaves_the_flow_stopped(
 ) -> None:
     completed_while_stopping(consumer, monkeypatch)
     assert not consumer.flow_active and not consumer.can_resume_flow.is_set()
+
+
+def test_fausts_own_changelog_queue_drops_what_it_holds_when_the_flow_resumes(consumer: Consumer) -> None:
+    """Why the override exists (also asserted, so it can go when Faust changes): a standby record fetched while the
+    recovery finishes is gone when ``on_recovery_completed`` resumes the flow, and nothing fetches it again."""
+    from faust.tables import TableManager as FaustTableManager
+
+    queue = FaustTableManager.changelog_queue.fget(FaustTableManager(app=consumer.app))  # type: ignore[attr-defined]
+    queue.put_nowait("a standby record")
+    consumer.app.flow_control.resume()
+    assert queue.empty()
+
+
+def test_the_changelog_queue_keeps_its_records_until_a_rebalance(consumer: Consumer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from faust.tables import TableManager as FaustTableManager
+
+    tables = consumer.app.tables
+    queue = tables.changelog_queue
+    queue.put_nowait("a standby record")
+    consumer.app.flow_control.resume()
+    assert queue.qsize() == 1, "kept until the recovery has applied it"
+    rebalanced = []
+
+    async def fausts_on_rebalance(self: Any, *args: Any) -> None:
+        rebalanced.append(queue.qsize())
+
+    monkeypatch.setattr(FaustTableManager, "on_rebalance", fausts_on_rebalance)
+    run(consumer, tables.on_rebalance(set(), set(), set(), 2))
+    assert rebalanced == [0], "emptied before the recovery seeks each partition to what it applied"
