@@ -639,3 +639,45 @@ def test_offsets_of_an_ended_transaction_are_left_for_the_next_owner(exactly_onc
     assert exactly_once_consumer._committed_offset[INPUT] == 140, "not committed: read again by the next owner"
     assert exactly_once_consumer._committed_offset[other] == 50
     assert run(exactly_once_consumer, exactly_once_consumer._commit_offsets({INPUT: 161}, False)) is False
+
+
+def test_aiokafka_reads_an_empty_set_of_partitions_as_every_partition() -> None:
+    """Why the fetch asks for a copy of Faust's active partitions, and for nothing when there are none (also asserted,
+    so the override can go when upstream changes): aiokafka filters what it returns by the set only when it is not
+    empty, and Faust hands it the live set that pauses change."""
+    import inspect
+
+    from aiokafka.consumer.fetcher import Fetcher
+
+    assert "if partitions and tp not in partitions:" in inspect.getsource(Fetcher.fetched_records)
+    assert "fetcher.fetched_records(\n                    active_partitions," in inspect.getsource(
+        faust_aiokafka.AIOKafkaConsumerThread._fetch_records
+    )
+
+
+def fetch_while_pausing(consumer: Consumer, monkeypatch: pytest.MonkeyPatch, active: set[TP]) -> tuple[Any, list[Any]]:
+    """The consumer thread's fetch with Faust's live active set, emptied by a pause while aiokafka waits for records."""
+    asked: list[Any] = []
+
+    async def fausts_fetch(self: Any, aiokafka_consumer: Any, partitions: Any, timeout: Any = None, max_records: Any = None) -> Any:
+        asked.append(partitions)
+        active.clear()  # the recovery pauses the changelog partitions it has read
+        return {tp: ["record"] for tp in (partitions or {STANDBY})}  # aiokafka: no partitions means every partition
+
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "_fetch_records", fausts_fetch)
+    monkeypatch.setattr(consumer._thread, "positions", lambda wanted: {})
+    return run(consumer, consumer._thread._fetch_records(None, active)), asked
+
+
+STANDBY = TP("cw-input-decision-state-changelog", 2)
+
+
+def test_a_fetch_asks_for_the_partitions_active_when_it_starts(consumer: Consumer, monkeypatch: pytest.MonkeyPatch) -> None:
+    records, asked = fetch_while_pausing(consumer, monkeypatch, {CHANGELOG})
+    assert asked == [{CHANGELOG}]
+    assert records == {CHANGELOG: ["record"]}, "not the standby records of a partition nobody resumed yet"
+
+
+def test_a_fetch_with_no_active_partition_asks_for_nothing(consumer: Consumer, monkeypatch: pytest.MonkeyPatch) -> None:
+    records, asked = fetch_while_pausing(consumer, monkeypatch, set())
+    assert records == {} and asked == []
