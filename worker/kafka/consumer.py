@@ -105,8 +105,8 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         the table recovery pauses the active changelog partitions when it has read
         them, before it resumes the standby ones. aiokafka then returned the standby
         records it had fetched, moving their positions on, and Faust's getmany
-        dropped them (not active): a standby copy without its first 1,600-1,770
-        records (three of three instrumented runs), and a worker that took the
+        dropped them (not active): a standby copy without its first 1,606-1,769
+        offsets (4 of 4 instrumented runs), and a worker that took the
         partition over decided those products with no state. So the fetch asks
         for a copy of the set, and for nothing when it is empty.
 
@@ -234,17 +234,16 @@ class Consumer(faust_aiokafka.Consumer):
         return self._thread.fetches_started
 
     def resume_flow(self) -> None:
-        """Faust's resume, except once the app stops: a table recovery ending then would process events after the last commit.
+        """Faust's resume, except once the app stops: nothing is to be processed after the stop's commits.
 
         The app's stop stops the flow and the fetcher, waits for the events in
-        progress, and commits the last offsets, ending each partition's
-        transaction (``commit_and_end_transactions``); the consumer's own stop
-        commits once more later. The table recovery keeps running until the
-        tables stop, after that first commit, and when it ends meanwhile Faust
-        resumes the flow and starts the fetcher again (``on_recovery_completed``):
-        events fetched then were decided and acked after the transactions had
-        ended, and the consumer's commit on stop raised aiokafka's
-        IllegalOperation('Not in the middle of a transaction').
+        progress and commits, ending each partition's transaction
+        (``commit_and_end_transactions``); the consumer's own stop commits once
+        more later. The table recovery runs until the tables stop, after that
+        first commit, and if it ends meanwhile Faust resumes the flow and starts
+        the fetcher again (``on_recovery_completed``): events would be decided
+        into ended transactions, and acked after the last commit. Found in the
+        code while looking for the stop-time IllegalOperation (docs/reliability.md).
         """
         if self.app.should_stop:
             return
@@ -507,9 +506,10 @@ class Consumer(faust_aiokafka.Consumer):
 class Transport(faust_aiokafka.Transport):
     """Faust's aiokafka transport with the consumer above, reading its input at ``isolation_level``.
 
-    It also gives the app the table manager whose recovery ends once this
-    consumer has read the changelogs past their transaction markers
-    (``worker/kafka/recovery.py``): the app's tables must not exist yet.
+    It also gives the app the table manager of ``worker/kafka/recovery.py``
+    (its recovery ends once this consumer has read the changelogs past their
+    transaction markers; its changelog queue is not emptied when the flow
+    resumes): the app's tables must not exist yet.
 
     A batch of one of ``watched_topics`` that cannot be read stops only its
     partition (``worker/kafka/unreadable.py``), and ``unreadable`` tells which.

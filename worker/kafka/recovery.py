@@ -106,15 +106,14 @@ class TableManager(FaustTableManager):
     Faust's changelog queue is cleared each time the app's flow control
     resumes. The recovery resumes it three times: before reading the active
     partitions, when it starts the standby partitions, and again at its end
-    (``on_recovery_completed``, after the seek of the stream partitions). Standby
-    records fetched between the last two were dropped, and nothing reads them
-    again: the standby partition's offset moved on with the later records, and
-    the worker that took the partition over later found its products without
-    state (``previous_decision`` null; 157-710 such decisions per run of
-    test_exactly_once_rebalance.py). Here the queue is cleared when a rebalance
-    assigns partitions, before the recovery seeks every changelog partition to
-    what it applied (whatever was still queued is fetched again), and the
-    app's flow control leaves it alone.
+    (``on_recovery_completed``, after the seek of the stream partitions).
+    Standby records still queued at that last resume would be dropped, and
+    nothing reads them again: the standby partition's position has moved on.
+    (Found in the code; the standby losses measured in the rebalance test came
+    from the fetch, ``ConsumerThread._fetch_records``.) Here the queue is cleared
+    when a rebalance assigns partitions, before the recovery seeks every
+    changelog partition to what it applied (whatever was still queued is
+    fetched again), and the app's flow control leaves it alone.
     """
 
     @property
