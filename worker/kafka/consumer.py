@@ -6,12 +6,14 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Mapping
 from typing import Any
 
+from faust.transport.consumer import TopicPartitionGroup
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 from mode.services import WaitResults
 
 from worker.kafka import stable_offsets, unreadable
 from worker.kafka.conductor import Conductor
+from worker.kafka.recovery import ChangelogRead, TableManager
 from worker.kafka.transactions import TransactionAborted, TransactionGate
 
 READ_COMMITTED = "read_committed"
@@ -93,6 +95,38 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     last stable offset (``highwater``), so an upstream's open transaction is not
     counted as lag the worker could work off.
     """
+
+    fetches_started = 0
+    last_fetch: ChangelogRead | None = None
+
+    async def _fetch_records(
+        self, consumer: Any, active_partitions: set[TP], timeout: float | None = None, max_records: int | None = None,
+    ) -> Any:
+        """Faust's fetch, of the partitions active when it starts; with its records, the changelog positions they leave.
+
+        Faust hands aiokafka its live set of active partitions, and aiokafka reads
+        an empty set as every partition. A pause during the fetch could empty it:
+        the table recovery pauses the active changelog partitions when it has read
+        them, before it resumes the standby ones. aiokafka then returned the standby
+        records it had fetched, moving their positions on, and Faust's getmany
+        dropped them (not active): a standby copy without its first 1,606-1,769
+        offsets (4 of 4 instrumented runs), and a worker that took the
+        partition over decided those products with no state. So the fetch asks
+        for a copy of the set, and for nothing when it is empty.
+
+        The positions (``worker/kafka/recovery.py``) are taken on this thread as the
+        fetch returns, before anything else can move one: every changelog record
+        below them was returned by this fetch or an earlier one.
+        """
+        self.fetches_started += 1
+        fetch = self.fetches_started
+        if active_partitions is not None:
+            active_partitions = set(active_partitions)
+            if not active_partitions:
+                return {}
+        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
+        self.last_fetch = ChangelogRead(fetch, self.positions(self.consumer._is_changelog_tp))  # noqa: SLF001
+        return records
 
     def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -199,9 +233,33 @@ class Consumer(faust_aiokafka.Consumer):
         self.on_committed: Callable[[set[TP]], None] | None = None
         # Per changelog partition, the first and last offset the last fetch returned (``getmany``).
         self._fetched_changelog: dict[TP, tuple[int, int]] = {}
+        # Per partition, the highest offset handed to the drain loop (the table recovery reads the changelog ones).
+        self.last_handed_over: dict[TP, int] = {}
+        # The changelog positions of the last fetch whose records the drain loop has all taken (worker/kafka/recovery.py).
+        self.changelog_read: ChangelogRead | None = None
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def fetches_started(self) -> int:
+        """How many fetches the consumer thread has begun (``ChangelogRead.fetch`` of a later one is higher)."""
+        return self._thread.fetches_started
+
+    def resume_flow(self) -> None:
+        """Faust's resume, except once the app stops: nothing is to be processed after the stop's commits.
+
+        The app's stop stops the flow and the fetcher, waits for the events in
+        progress and commits, ending each partition's transaction
+        (``commit_and_end_transactions``); the consumer's own stop commits once
+        more later. The table recovery runs until the tables stop, after that
+        first commit, and if it ends meanwhile Faust resumes the flow and starts
+        the fetcher again (``on_recovery_completed``): events would be decided
+        into ended transactions, and acked after the last commit. Found in the
+        code while looking for the stop-time IllegalOperation (docs/reliability.md).
+        """
+        if self.app.should_stop:
+            return
+        super().resume_flow()
 
     def stop_flow(self) -> None:
         super().stop_flow()
@@ -297,6 +355,9 @@ class Consumer(faust_aiokafka.Consumer):
         Each call starts once the drain loop has handed over everything the last
         one returned, so aiokafka's positions then bound what was read
         (``_new_offset``); they are kept only while nothing was dropped or sought.
+        Likewise, once the drain loop has taken every record of a fetch, with the
+        flow running and no rebalance since, the changelog positions the fetch left
+        bound what the table recovery was handed (``changelog_read``).
         """
         started = self._seeks_started
         no_seek_under_way = self._seeks_done == started
@@ -308,6 +369,8 @@ class Consumer(faust_aiokafka.Consumer):
         overlapped = unsought = 0
         self._fetched_changelog = {}
         changelog_next: dict[TP, int] = {}  # per changelog partition, one past the last record handed over
+        last_handed_over = self.last_handed_over
+        generation = self.app.consumer_generation_id
         batch = super().getmany(timeout)
         try:
             async for tp, message in batch:
@@ -322,10 +385,14 @@ class Consumer(faust_aiokafka.Consumer):
                     continue
                 if is_changelog(tp):
                     changelog_next[tp] = message.offset + 1
+                if message.offset > last_handed_over.get(tp, -1):
+                    last_handed_over[tp] = message.offset
                 yield tp, message
         finally:
             await batch.aclose()  # type: ignore[attr-defined]
             self._read_changelog_again(changelog_next)
+        if self.flow_active and self.app.consumer_generation_id == generation:
+            self.changelog_read = self._thread.last_fetch  # Faust's getmany dropped nothing: every record was taken
         if unsought or overlapped:
             self._consumed_to = {}  # positions past records nobody read
         if unsought:
@@ -339,7 +406,26 @@ class Consumer(faust_aiokafka.Consumer):
                     self.log.warning("Seeking to the committed offsets again failed: %r", exc)
 
     async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
-        """Faust's commit; then ``on_committed`` hears which partitions it committed (Faust tells only its tables)."""
+        """Faust's commit; then ``on_committed`` hears which partitions it committed (Faust tells only its tables).
+
+        Under exactly_once, offsets of a partition whose transaction an earlier
+        commit ended (``commit_and_end_transactions``, on stop) are left
+        uncommitted, with a warning: no transaction can carry them any more, and
+        the partition's next owner reads them again. Faust's commit sends them to
+        the ended transaction, and aiokafka raises IllegalOperation('Not in the
+        middle of a transaction'): a worker exited non-zero on its second
+        stop-time commit (docs/reliability.md).
+        """
+        if self.in_transaction:
+            ended = self._transactions_ended(offsets)
+            if ended:
+                self.log.warning(
+                    "Not committing %r: the transactions of these partitions were ended by an earlier commit "
+                    "(their next owner reads them again)", {tp: offsets[tp] for tp in sorted(ended)},
+                )
+                offsets = {tp: offset for tp, offset in offsets.items() if tp not in ended}
+                if not offsets:
+                    return False
         assignment = self.assignment()
         committable = {tp for tp in offsets if tp in assignment}  # what Faust's commit keeps
         did_commit = await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
@@ -373,6 +459,21 @@ class Consumer(faust_aiokafka.Consumer):
                     "Reading %s[%d] again from %d: the fetch up to %d was not handed to the tables",
                     tp.topic, tp.partition, next_offset, last,
                 )
+
+    def _transactions_ended(self, offsets: Mapping[TP, int]) -> set[TP]:
+        """The partitions whose transactional producer is not in a transaction (Faust names them as its commit does)."""
+        app = self.app
+        producers = app.producer._transaction_producers  # noqa: SLF001 - Faust's producer per transactional id
+        if not producers:
+            return set()
+        id_format = self.transactions.transactional_id_format
+        ended = set()
+        for tp in offsets:
+            group = TopicPartitionGroup(tp.topic, tp.partition, app.assignor.group_for_topic(tp.topic))
+            producer = producers.get(id_format.format(tpg=group, group_id=app.conf.id))
+            if producer is not None and not producer._txn_manager.is_in_transaction():  # noqa: SLF001 - aiokafka's state
+                ended.add(tp)
+        return ended
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         if not self.in_transaction:
@@ -458,6 +559,11 @@ class Consumer(faust_aiokafka.Consumer):
 class Transport(faust_aiokafka.Transport):
     """Faust's aiokafka transport with the consumer above, reading its input at ``isolation_level``.
 
+    It also gives the app the table manager of ``worker/kafka/recovery.py``
+    (its recovery ends once this consumer has read the changelogs past their
+    transaction markers; its changelog queue is not emptied when the flow
+    resumes): the app's tables must not exist yet.
+
     A batch of one of ``watched_topics`` that cannot be read stops only its
     partition (``worker/kafka/unreadable.py``), and ``unreadable`` tells which.
     """
@@ -470,6 +576,10 @@ class Transport(faust_aiokafka.Transport):
         on_offsets_wait: stable_offsets.WaitObserver | None = None, **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        app = self.app
+        if "tables" in vars(app):  # Faust's cached table manager, built from app.conf.TableManager on first use
+            raise RuntimeError("the transport must be set before the app's tables are used")
+        app.conf.TableManager = TableManager
         self.isolation_level = isolation_level
         self.watched_topics = watched_topics
         self.unreadable = unreadable.UnreadableBatches()

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -630,3 +631,114 @@ def test_a_seek_falls_back_from_unstable_offsets_only_under_at_least_once(
         on_this_thread(consumer, Committed({INPUT: 5}))  # type: ignore[arg-type]
         run(consumer, consumer._thread.seek_to_committed())
         assert asked == [{"fall_back": falls_back, "observe": observer}]
+
+
+class TransactionalProducer:
+    """aiokafka's transactional producer as a commit meets it: its own transaction state machine and offset check."""
+
+    def __init__(self) -> None:
+        from aiokafka.producer.transaction_manager import TransactionManager
+
+        self._txn_manager = TransactionManager("cw-input-input-0", 60_000)
+        self._txn_manager.set_pid_and_epoch(1, 0)  # initialized: ready for a transaction
+        self.sent_offsets: list[dict[TP, int]] = []
+
+    _ensure_transactional = AIOKafkaProducer._ensure_transactional
+
+    async def send_offsets_to_transaction(self, offsets: Mapping[TP, int], group_id: str) -> None:
+        if not self._txn_manager.is_in_transaction():  # aiokafka's own method: it raises before any request
+            await AIOKafkaProducer.send_offsets_to_transaction(self, offsets, group_id)  # type: ignore[arg-type]
+        self.sent_offsets.append(dict(offsets))  # in a transaction: the request it would send
+
+    async def commit_transaction(self) -> None:
+        self._txn_manager.committing_transaction()
+        self._txn_manager.complete_transaction()
+
+    async def begin_transaction(self) -> None:
+        self._txn_manager.begin_transaction()
+
+
+def with_transactions(consumer: Consumer, ended: set[TP], open_: set[TP]) -> dict[TP, TransactionalProducer]:
+    """The app's producer holding a transactional producer per partition: ``ended`` ones after a commit that ended it."""
+    consumer.assignment = lambda: ended | open_  # type: ignore[method-assign]
+    consumer.app.assignor._topic_groups[INPUT.topic] = 0  # what the assignor learns from the app's agents
+    producer = consumer.app.producer
+    producers = {}
+
+    async def make() -> None:
+        for tp in sorted(ended | open_):
+            transactional = producers[tp] = TransactionalProducer()
+            transactional._txn_manager.begin_transaction()
+            if tp in ended:
+                await transactional.commit_transaction()  # commit_and_end_transactions: no new transaction begun
+            transactional_id = f"{consumer.app.conf.id}-{consumer.app.assignor.group_for_topic(tp.topic)}-{tp.partition}"
+            producer._transaction_producers[transactional_id] = transactional
+            producer._trn_locks[transactional_id] = asyncio.Lock()
+
+    run(consumer, make())
+    return producers
+
+
+def test_fausts_own_commit_into_an_ended_transaction_raises(exactly_once_consumer: Consumer) -> None:
+    """The stop-time failure (also asserted, so the override can go when Faust changes): offsets for a partition whose
+    transaction the first stop-time commit ended reach aiokafka, which raises."""
+    from aiokafka.errors import IllegalOperation
+    from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
+
+    with_transactions(exactly_once_consumer, ended={INPUT}, open_=set())
+    with pytest.raises(IllegalOperation, match="Not in the middle of a transaction"):
+        run(exactly_once_consumer, FaustConsumer._commit_offsets(exactly_once_consumer, {INPUT: 161}, False))
+
+
+def test_offsets_of_an_ended_transaction_are_left_for_the_next_owner(exactly_once_consumer: Consumer) -> None:
+    other = TP(INPUT.topic, 1)
+    producers = with_transactions(exactly_once_consumer, ended={INPUT}, open_={other})
+    exactly_once_consumer._committed_offset[INPUT] = 140
+    committed = run(exactly_once_consumer, exactly_once_consumer._commit_offsets({INPUT: 161, other: 50}, False))
+    assert committed is True
+    assert producers[INPUT].sent_offsets == [] and producers[other].sent_offsets == [{other: 50}]
+    assert exactly_once_consumer._committed_offset[INPUT] == 140, "not committed: read again by the next owner"
+    assert exactly_once_consumer._committed_offset[other] == 50
+    assert run(exactly_once_consumer, exactly_once_consumer._commit_offsets({INPUT: 161}, False)) is False
+
+
+def test_aiokafka_reads_an_empty_set_of_partitions_as_every_partition() -> None:
+    """Why the fetch asks for a copy of Faust's active partitions, and for nothing when there are none (also asserted,
+    so the override can go when upstream changes): aiokafka filters what it returns by the set only when it is not
+    empty, and Faust hands it the live set that pauses change."""
+    import inspect
+
+    from aiokafka.consumer.fetcher import Fetcher
+
+    assert "if partitions and tp not in partitions:" in inspect.getsource(Fetcher.fetched_records)
+    assert "fetcher.fetched_records(\n                    active_partitions," in inspect.getsource(
+        faust_aiokafka.AIOKafkaConsumerThread._fetch_records
+    )
+
+
+def fetch_while_pausing(consumer: Consumer, monkeypatch: pytest.MonkeyPatch, active: set[TP]) -> tuple[Any, list[Any]]:
+    """The consumer thread's fetch with Faust's live active set, emptied by a pause while aiokafka waits for records."""
+    asked: list[Any] = []
+
+    async def fausts_fetch(self: Any, aiokafka_consumer: Any, partitions: Any, timeout: Any = None, max_records: Any = None) -> Any:
+        asked.append(partitions)
+        active.clear()  # the recovery pauses the changelog partitions it has read
+        return {tp: ["record"] for tp in (partitions or {STANDBY})}  # aiokafka: no partitions means every partition
+
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "_fetch_records", fausts_fetch)
+    monkeypatch.setattr(consumer._thread, "positions", lambda wanted: {})
+    return run(consumer, consumer._thread._fetch_records(None, active)), asked
+
+
+STANDBY = TP("cw-input-decision-state-changelog", 2)
+
+
+def test_a_fetch_asks_for_the_partitions_active_when_it_starts(consumer: Consumer, monkeypatch: pytest.MonkeyPatch) -> None:
+    records, asked = fetch_while_pausing(consumer, monkeypatch, {CHANGELOG})
+    assert asked == [{CHANGELOG}]
+    assert records == {CHANGELOG: ["record"]}, "not the standby records of a partition nobody resumed yet"
+
+
+def test_a_fetch_with_no_active_partition_asks_for_nothing(consumer: Consumer, monkeypatch: pytest.MonkeyPatch) -> None:
+    records, asked = fetch_while_pausing(consumer, monkeypatch, set())
+    assert records == {} and asked == []
