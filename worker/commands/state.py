@@ -21,7 +21,7 @@ from worker.core.errors import ComplianceError
 from worker.core.partitioning import PARTITIONERS, Detection, Plan, detect, partition_for, plan
 from worker.kafka.security import KafkaSecurityError, client_options, security_problem
 from worker.settings import Settings
-from worker.stream.app import STATE_TABLE, changelog_topic
+from worker.stream.app import changelog_topic, migration_topic
 
 AUTO = "auto"
 PARTITIONER_CHOICES = (AUTO, *PARTITIONERS)
@@ -41,11 +41,6 @@ class MigrateBrokerError(ComplianceError):
     """The broker or a topic could not be reached or read: exit 1 (may work on a retry)."""
 
     retriable = True
-
-
-def marker_topic(settings: Settings) -> str:
-    """While it exists, a migration of APP_ID's state is unfinished: it records what that migration does."""
-    return f"{settings.app_id}-{STATE_TABLE}-migration"
 
 
 @dataclass(frozen=True)
@@ -519,7 +514,7 @@ async def migrate(
     settings: Settings, *, requested: str, execute: bool, timeout: float, progress: Progress,
 ) -> Summary:
     changelog = changelog_topic(settings)
-    marker_name = marker_topic(settings)
+    marker_name = migration_topic(settings)
     summary = Summary(changelog, settings.input_topic, dry_run=not execute)
     started = time.monotonic()
     kafka = Kafka(settings, timeout)
