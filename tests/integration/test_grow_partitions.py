@@ -148,6 +148,12 @@ def test_state_follows_each_product_to_its_new_partition(
     first = products(1)
     send(worker.bootstrap, worker.input_topic, first)
     decisions_in_order(worker, first)
+    running = migrate(worker, "--execute")
+    assert running.returncode == 2 and running.stdout == "", running.stdout + running.stderr
+    assert running.stderr == (
+        f"compliance-worker state migrate: the consumer group {worker.app_id} has 1 active member: stop every worker "
+        f"of {worker.app_id} first (they would keep writing the state being moved), then run again\n"
+    )
     worker.stop()
     ends, live = topic_state(worker.bootstrap, changelog(worker))
     assert len(ends) == OLD and sum(len(records) for records in live.values()) == PRODUCTS
@@ -216,6 +222,10 @@ def test_a_stopped_migration_is_finished_by_running_it_again(start_worker: Calla
     worker.stop()
     timestamps: dict[bytes, int] = {}
     _ends, live = topic_state(worker.bootstrap, changelog(worker), timestamps)
+    # Late events of three products that will move, written before the input grows: they wait on the old partition.
+    late = [upsert(key.decode(), 2, "ID") for key in sorted(timestamps)
+            if partition_for("murmur2", key, NEW) != partition_for("murmur2", key, OLD)][:3]
+    produce(worker.bootstrap, worker.input_topic, late)
     grow(worker.bootstrap, worker.input_topic, NEW)
 
     # What a run stopped halfway through its copies leaves: its record, the changelog grown, half the copies written
@@ -238,6 +248,8 @@ def test_a_stopped_migration_is_finished_by_running_it_again(start_worker: Calla
     assert summary["resumed"] is True and summary["partitioner"] == "murmur2"
     assert summary["moved"] == len(moves) - len(written) == summary["copied"]
     assert summary["stale_copies"] == len(written) and summary["tombstoned"] == len(moves)
+    assert (summary["undecided_events"], summary["undecided_events_of_moved_products"],
+            summary["undecided_moved_products"]) == (3, 3, 3)
     _after_ends, after = topic_state(worker.bootstrap, changelog(worker))
     states = {key: value for records in live.values() for key, value in records.items()}
     assert {key: (p, value) for p, records in after.items() for key, value in records.items()} == {
@@ -247,12 +259,20 @@ def test_a_stopped_migration_is_finished_by_running_it_again(start_worker: Calla
 
     worker.start()
     worker.wait_ready()
-    second = products(2, flip=True)
+    late_products = {key for key, _ in late}
+    second = [message for message in products(2, flip=True) if message[0] not in late_products]
     produce(worker.bootstrap, worker.input_topic, second)
-    found = decisions_in_order(worker, second)
-    for old, new in zip(first, second):
+    found = decisions_in_order(worker, second + late)
+    for old, new in zip(first, products(2, flip=True)):
+        if old[0] in late_products:
+            continue
         [body] = found[old[0].decode()]
         assert (body["previous_decision"], body["decision"]) == (decision_of(old), decision_of(new)), body
+    # As the warning says: decided on their old partition, where their state is no longer.
+    for key, _ in late:
+        [body] = found[key.decode()]
+        assert body["source"]["partition"] == partition_for("murmur2", key, OLD) != partition_for("murmur2", key, NEW)
+        assert (body["previous_decision"], body["changed"]) == (None, True), body
 
 
 def interrupted(worker: WorkerProcess, marker: Marker, copies: list[tuple[int, bytes, bytes, int]]) -> None:
