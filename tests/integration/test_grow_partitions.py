@@ -300,3 +300,23 @@ def interrupted(worker: WorkerProcess, marker: Marker, copies: list[tuple[int, b
             await producer.stop()
 
     asyncio.run(run())
+
+
+def test_an_input_grown_before_any_product_had_state(start_worker: Callable[..., WorkerProcess]) -> None:
+    worker = start_worker()  # creates the changelog; nothing decided yet
+    worker.stop()
+    grow(worker.bootstrap, worker.input_topic, 6)
+    dry = migrate(worker)
+    assert dry.returncode == 0, dry.stderr
+    summary = orjson.loads(dry.stdout)
+    assert (summary["products"], summary["moved"], summary["partitioner_chosen_by"]) == (
+        0, 0, "auto: no keys to tell partitioners apart, any will do")
+    done = migrate(worker, "--execute")
+    assert done.returncode == 0 and orjson.loads(done.stdout)["changelog_grown"] is True, done.stdout + done.stderr
+    assert len(topic_state(worker.bootstrap, changelog(worker))[0]) == 6
+    worker.start()
+    worker.wait_ready()
+    messages = products(1)[:12]
+    produce(worker.bootstrap, worker.input_topic, messages)
+    found = decisions_in_order(worker, messages)
+    assert all(len(found[key.decode()]) == 1 for key, _ in messages)

@@ -553,7 +553,7 @@ async def migrate(
         partitioner = summary.partitioner = choose_partitioner(summary, detection, chosen.partitioner, chosen.resuming)
         summary.plan = moves = plan(live, partitioner, chosen.old, chosen.new)
         del live
-        await count_undecided(kafka, settings, chosen, partitioner, summary.undecided)
+        await count_undecided(kafka, settings, chosen, partitioner, summary.undecided, progress)
         if not execute:
             return summary
 
@@ -624,7 +624,9 @@ async def write(
     await sender.settle()
 
 
-async def count_undecided(kafka: Kafka, settings: Settings, chosen: Scope, partitioner: str, into: Undecided) -> None:
+async def count_undecided(
+    kafka: Kafka, settings: Settings, chosen: Scope, partitioner: str, into: Undecided, progress: Progress,
+) -> None:
     """Events on the input's old partitions after the group's committed offsets, and those of products that move."""
     tps = [TopicPartition(settings.input_topic, p) for p in range(chosen.old)]
     committed = await kafka.committed(tps)
@@ -641,6 +643,8 @@ async def count_undecided(kafka: Kafka, settings: Settings, chosen: Scope, parti
             if key and partition_for(partitioner, key, chosen.new) != message.partition:
                 into.moving_events += 1
                 moving.add(key)
+        progress.show(lambda: f"reading undecided events of {settings.input_topic}: {into.events:,}")
+    progress.clear()
     into.moving_products = len(moving)
 
 
