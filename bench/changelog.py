@@ -10,7 +10,7 @@ class ChangelogStore:
         self.data: dict[bytes, bytes] = {}
         self.writes: list[tuple[bytes, bytes | None, int]] = []
 
-    def get(self, key: bytes) -> bytes | None:
+    def get(self, key: bytes, partition: int = 0) -> bytes | None:  # older worker trees ask by key alone
         return self.data.get(key)
 
     def put(self, key: bytes, value: bytes, partition: int) -> None:

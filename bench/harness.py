@@ -8,6 +8,7 @@ Benches (default: all but `latency_raw`; pick with --only):
   quix_streams  bench.quix_app: a Quix Streams application, per-product state in its RocksDB store + changelog
   naive_faust   bench.naive_app: the textbook Faust agent, one awaited send per event (the baseline)
   worker        `compliance-worker worker` as in production (at-least-once, dead letters, metrics)
+  exactly_once  the same under PROCESSING_GUARANTEE=exactly_once (Kafka transactions), right after `worker`
   latency       the worker at a steady --latency-rate events/s: event -> decision latency p50/p99/max
   scale         one worker, then two in one group, on a 2-partition input: aggregate events/s
   rss           the worker over --rss-events (default 1,000,000) about --events/3 products: RSS after
@@ -57,12 +58,12 @@ from bench.state_bench import STATE_TARGETS, StateBench
 from bench.compat import MemoryStateStore, Processor, generate
 from worker.core import load_bundled_policy
 
-BENCHES = ("core", "raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust", "worker", "latency", "scale", "rss",
-           "compression", "state", "latency_raw")
-DEFAULT_BENCHES = ("core", "raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust", "worker", "latency", "scale",
-                   "rss", "compression", "state")
+BENCHES = ("core", "raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust", "worker", "exactly_once", "latency",
+           "scale", "rss", "compression", "state", "latency_raw")
+DEFAULT_BENCHES = ("core", "raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust", "worker", "exactly_once",
+                   "latency", "scale", "rss", "compression", "state")
 # The benches that run one process over the pre-loaded input: the summary reports each one's peak RSS.
-PROCESS_BENCHES = ("raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust", "worker")
+PROCESS_BENCHES = ("raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust", "worker", "exactly_once")
 COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")  # KAFKA_COMPRESSION_TYPE
 BROKER_BENCHES = set(BENCHES) - {"core"}
 # One input partition count for the process benches, latency and rss (--partitions): the worker's
@@ -422,6 +423,15 @@ class BrokerBenches:
             self.bootstrap, topics, f"bench-{self.run_id}-worker", self.log_dir / "worker.log",
         ))
 
+    async def exactly_once(self) -> dict[str, Any]:
+        """The worker bench under exactly_once: what transactions cost next to the `worker` line (at_least_once) on
+        the same input and broker. The outputs are read read_committed, so only committed ones count."""
+        line = await self.throughput("exactly_once", lambda topics: procs.worker(
+            self.bootstrap, topics, f"bench-{self.run_id}-exactly-once", self.log_dir / "exactly_once.log",
+            PROCESSING_GUARANTEE="exactly_once",
+        ))
+        return {**line, "processing_guarantee": "exactly_once"}
+
     async def compression(self) -> dict[str, Any]:
         """The worker under each KAFKA_COMPRESSION_TYPE on the same input: events/s, CPU per event, bytes stored.
 
@@ -598,7 +608,9 @@ class BrokerBenches:
             share = SCALE_PARTITIONS // workers
             deadline = time.monotonic() + 120
             while True:  # all members ready with their share in one pass = the group settled
-                bodies = [await procs.wait_until(p, lambda b: bool(b.get("ready")), 120, "ready") for p in started]
+                # Ready is only "past its first recovery": a later rebalance is under way while "rebalancing" says so.
+                settled = lambda b: bool(b.get("ready")) and not b.get("rebalancing")  # noqa: E731
+                bodies = [await procs.wait_until(p, settled, 120, "ready and settled") for p in started]
                 if all(len(body.get("assigned_partitions", [])) == share for body in bodies):
                     break
                 if time.monotonic() > deadline:

@@ -37,7 +37,7 @@ class QuixStateStore:
     def __init__(self) -> None:
         self.state: State | None = None
 
-    def get(self, key: bytes) -> bytes | None:
+    def get(self, key: bytes, partition: int = 0) -> bytes | None:  # older worker trees ask by key alone
         return self.state.get_bytes(key)  # type: ignore[union-attr]
 
     def put(self, key: bytes, value: bytes, partition: int) -> None:

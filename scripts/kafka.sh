@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs a local single-node Apache Kafka (KRaft, broker+controller) as a background java process: up|down|status|logs.
+# Runs a local single-node Apache Kafka (KRaft, broker+controller) as a background java process:
+# up|down|kill|status|logs|libs.
 #
-# Env: KAFKA_PORT (default 9092) client listener on 127.0.0.1;
+# Env: KAFKA_VERSION the Apache Kafka version (default: kafka.version in kafka/pom.xml; 3.9.x and 4.x are tested);
+#      KAFKA_PORT (default 9092) client listener on 127.0.0.1;
 #      KAFKA_CONTROLLER_PORT (default KAFKA_PORT+1000, e.g. 10092) KRaft controller listener;
 #      KAFKA_HOME_DIR state dir (default .cache/kafka/node-$KAFKA_PORT: server.properties, data/, broker.log, pid);
 #      KAFKA_START_TIMEOUT seconds to wait for readiness (default 60); JAVA_HOME optional.
@@ -11,14 +13,20 @@
 #      KAFKA_EXTRA_PROPERTIES a file appended to the generated server.properties (a later key wins);
 #      KAFKA_FORMAT_ARGS extra arguments to the first storage format (e.g. --add-scram ...).
 # 'kill' sends SIGKILL (a crash, for failover tests); 'down' stops cleanly.
-# Jars come from kafka/pom.xml via Maven into .cache/kafka/libs (re-fetched when missing or the pom changed).
+# Jars (broker and Kafka's Java tools of KAFKA_VERSION) come from kafka/pom.xml via Maven into
+# .cache/kafka/libs-VERSION, one directory per version so brokers of two versions run side by side; re-fetched
+# when missing or the pom changed. 'libs' fetches them and prints that directory (for the Java tools).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PORT="${KAFKA_PORT:-9092}"
 CPORT="${KAFKA_CONTROLLER_PORT:-$((PORT + 1000))}"
 DIR="$(realpath -m "${KAFKA_HOME_DIR:-$ROOT/.cache/kafka/node-$PORT}")"
-LIBS="$ROOT/.cache/kafka/libs"
+POM="$ROOT/kafka/pom.xml"
+VERSION="${KAFKA_VERSION:-$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM")}"
+[[ "$VERSION" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] \
+  || { echo "kafka: KAFKA_VERSION '$VERSION' is not a version like 4.4.0" >&2; exit 2; }
+LIBS="$ROOT/.cache/kafka/libs-$VERSION"
 LOG="$DIR/broker.log"
 PIDFILE="$DIR/pid"
 JAVA="${JAVA_HOME:+$JAVA_HOME/bin/}java"
@@ -43,12 +51,14 @@ fetch_jars() {   # under a lock, so brokers started in parallel don't fetch at t
   local stamp="$LIBS/.pom.sha256" sum out
   mkdir -p "$ROOT/.cache/kafka"
   exec 8>"$ROOT/.cache/kafka/fetch.lock"; flock 8
-  sum="$(sha256sum "$ROOT/kafka/pom.xml" | cut -d' ' -f1)"
-  if ! compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null || [[ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]]; then
-    echo "kafka: fetching broker jars with maven into $LIBS" >&2
+  sum="$(sha256sum "$POM" | cut -d' ' -f1)"
+  if [[ ! -f "$LIBS/kafka_2.13-$VERSION.jar" || "$(cat "$stamp" 2>/dev/null)" != "$sum" ]]; then
+    echo "kafka: fetching Apache Kafka $VERSION jars with maven into $LIBS" >&2
     rm -rf "$LIBS"
-    out="$(cd "$ROOT/kafka" && mvn -B dependency:copy-dependencies -DoutputDirectory="$LIBS" \
-      -DincludeScope=runtime 2>&1)" || { echo "$out" | tail -n 30 >&2; die "maven could not fetch the jars (kafka/pom.xml)"; }
+    out="$(cd "$ROOT/kafka" && mvn -B dependency:copy-dependencies -Dkafka.version="$VERSION" \
+      -DoutputDirectory="$LIBS" -DincludeScope=runtime 2>&1)" \
+      || { echo "$out" | tail -n 30 >&2; die "maven could not fetch Apache Kafka $VERSION (kafka/pom.xml)"; }
+    [[ -f "$LIBS/kafka_2.13-$VERSION.jar" ]] || die "maven fetched no kafka_2.13-$VERSION.jar into $LIBS"
     echo "$sum" >"$stamp"
   fi
   exec 8>&-
@@ -76,12 +86,13 @@ offsets.topic.num.partitions=1
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 transaction.state.log.num.partitions=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-share.coordinator.state.topic.num.partitions=1
 num.network.threads=2
 num.io.threads=4
 EOF
+  if (( ${VERSION%%.*} >= 4 )); then   # share groups' (KIP-932) state topic came in 4.0; 3.9 has no such keys
+    printf '%s\n' share.coordinator.state.topic.replication.factor=1 share.coordinator.state.topic.min.isr=1 \
+      share.coordinator.state.topic.num.partitions=1 >>"$DIR/server.properties"
+  fi
   if [[ -n "${KAFKA_EXTRA_PROPERTIES:-}" ]]; then
     { echo "# from KAFKA_EXTRA_PROPERTIES=$KAFKA_EXTRA_PROPERTIES"; cat "$KAFKA_EXTRA_PROPERTIES"; } >>"$DIR/server.properties" \
       || die "cannot read KAFKA_EXTRA_PROPERTIES=$KAFKA_EXTRA_PROPERTIES"
@@ -97,8 +108,9 @@ rootLogger.level = INFO
 rootLogger.appenderRef.file.ref = FILE
 EOF
   local i=0 name   # quiet the chattiest loggers: config dumps, per-segment log lines, the broker's own clients
-  for name in org.apache.kafka.common.config.AbstractConfig org.apache.kafka.storage.internals.log kafka.log \
-      org.apache.kafka.clients org.apache.kafka.common.utils.AppInfoParser state.change.logger; do
+  for name in org.apache.kafka.common.config.AbstractConfig kafka.server.KafkaConfig kafka.log \
+      org.apache.kafka.storage.internals.log org.apache.kafka.clients org.apache.kafka.common.utils.AppInfoParser \
+      state.change.logger; do
     printf 'logger.q%d.name = %s\nlogger.q%d.level = WARN\n' "$i" "$name" "$i"; i=$((i + 1))
   done >>"$DIR/log4j2.properties"
 }
@@ -185,5 +197,7 @@ case "${1:-}" in
   kill) crash ;;
   status) status ;;
   logs) echo "$LOG" ;;
-  *) echo "usage: $0 up|down|kill|status|logs   (env: KAFKA_PORT, KAFKA_CONTROLLER_PORT, KAFKA_HOME_DIR)" >&2; exit 2 ;;
+  libs) fetch_jars; echo "$LIBS" ;;
+  *) echo "usage: $0 up|down|kill|status|logs|libs" \
+       "  (env: KAFKA_VERSION, KAFKA_PORT, KAFKA_CONTROLLER_PORT, KAFKA_HOME_DIR)" >&2; exit 2 ;;
 esac

@@ -155,8 +155,9 @@ def main() -> int:
             if done_at == now or now - last_print >= (1.0 if total != last_total else 30.0):
                 rate = (total - last_total) / max(now - last_time, 1e-9)
                 last_total, last_time, last_print = total, now, now
-                by_cluster = ", ".join(f"{k} {int(v):,}" for k, v in sorted(decisions.items())) or "-"
-                dead_text = ", ".join(f"{k} {int(v):,}" for k, v in sorted(dead.items())) or "-"
+                # The worker exports every dead-letter code from the start (0 until it happens): only those seen.
+                by_cluster = ", ".join(f"{k} {int(v):,}" for k, v in sorted(decisions.items()) if v) or "-"
+                dead_text = ", ".join(f"{k} {int(v):,}" for k, v in sorted(dead.items()) if v) or "-"
                 print(f"  {int(handled):,}/{args.events:,} handled, {rate:,.0f} events/s | decisions: {by_cluster}"
                       f" | dead letters: {dead_text}", flush=True)
                 if done_at == now:

@@ -19,6 +19,7 @@ ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
 COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
 LOG_FORMATS = ("auto", "json", "text")
 STATE_STORES = ("rocksdb", "memory")
+KEY_MISMATCH_CHOICES = ("dead_letter", "repartition")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
@@ -178,12 +179,15 @@ _SPEC: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("DEAD_LETTER_TOPIC", "dead_letter_topic", _topic, "compliance.dead-letter"),
     ("POLICY_FILE", "policy_file", _optional_path, ""),
     ("POLICY_TOPIC", "policy_topic", _topic, "compliance.policies"),
+    ("OVERRIDES_TOPIC", "overrides_topic", _topic, "compliance.overrides"),
     ("PROCESSING_GUARANTEE", "processing_guarantee", _choice(*GUARANTEES), "at_least_once"),
     ("KAFKA_ISOLATION_LEVEL", "kafka_isolation_level", _choice(*ISOLATION_LEVELS), "read_committed"),
     ("KAFKA_COMPRESSION_TYPE", "kafka_compression_type", _choice(*COMPRESSION_TYPES), "zstd"),
     ("FORWARD_HEADERS", "forward_headers", _header_names, ""),
+    ("KEY_MISMATCH", "key_mismatch", _choice(*KEY_MISMATCH_CHOICES), "dead_letter"),
     ("WORKER_WEB_PORT", "worker_web_port", _port, "6066"),
     ("WORKER_WEB_HOST", "worker_web_host", _text, "0.0.0.0"),
+    ("WORKER_WEB_ADVERTISED_HOST", "worker_web_advertised_host", _optional_text, ""),
     ("APP_ID", "app_id", _topic, "compliance-worker"),
     ("STATE_STORE", "state_store", _choice(*STATE_STORES), "rocksdb"),
     ("STATE_DIR", "state_dir", _directory, "/var/lib/compliance-worker"),
@@ -217,12 +221,15 @@ class Settings:
     dead_letter_topic: str
     policy_file: Path | None
     policy_topic: str
+    overrides_topic: str
     processing_guarantee: str
     kafka_isolation_level: str
     kafka_compression_type: str
     forward_headers: tuple[str, ...]  # besides traceparent and tracestate, which are always copied
+    key_mismatch: str  # dead_letter, or repartition: every event goes through repartition_topic keyed by product id
     worker_web_port: int
     worker_web_host: str
+    worker_web_advertised_host: str | None  # how the other workers reach this one's web port (product lookups)
     app_id: str
     state_store: str
     state_dir: Path  # the worker's own state lives in state_dir / app_id
@@ -259,6 +266,16 @@ class Settings:
     @property
     def bootstrap_servers(self) -> list[str]:
         return [server.strip() for server in self.kafka_bootstrap_servers.split(",") if server.strip()]
+
+    @property
+    def repartition_topic(self) -> str | None:
+        """The internal topic the input goes through, keyed by product id (KEY_MISMATCH=repartition), else None."""
+        return f"{self.app_id}-product-id-repartition" if self.key_mismatch == "repartition" else None
+
+    @property
+    def state_topic(self) -> str:
+        """The topic whose partitions the per-product state follows: the repartition topic, or the input."""
+        return self.repartition_topic or self.input_topic
 
     @property
     def uses_tls(self) -> bool:

@@ -166,6 +166,15 @@ def sections() -> list[tuple[str, list[dict[str, Any]]]]:
                 targets((f"sum by (code) (rate(compliance_dead_letters_total{{{SEL}}}[{RATE}]))", "{{code}}")),
                 "reqps", stack=True,
             ),
+            timeseries(
+                "Review signals",
+                "Evasion signals raised in each interval, by reason code: blocked products back with the same "
+                "seller and title, now domestic or outside the restricted clusters (0 unless the policy has a "
+                "review section).",
+                targets((f"sum by (signal) (increase(compliance_review_signals_total{{{SEL}}}[{RATE}]))",
+                         "{{signal}}")),
+                "short", stack=True,
+            ),
         ]),
         ("Latency", [
             timeseries(
@@ -210,7 +219,8 @@ def sections() -> list[tuple[str, list[dict[str, Any]]]]:
             timeseries(
                 "Rebalances",
                 "Consumer-group rebalances completed per worker in each interval, and rebalances in progress. "
-                "Frequent rebalances mean workers join and leave (crashes, scaling, failed probes).",
+                "Frequent rebalances mean workers join and leave (crashes, scaling, failed liveness probes); they do "
+                "not make workers unready.",
                 targets(
                     (f"sum by (instance) (increase(faust_rebalance_done_latency_count{{{SEL}}}[{RATE}]))",
                      "completed {{instance}}"),
@@ -222,8 +232,23 @@ def sections() -> list[tuple[str, list[dict[str, Any]]]]:
             timeseries(
                 "Assigned partitions per worker",
                 "Input partitions each worker owns. A worker with none is idle: there are more workers than "
-                "partitions.",
+                "partitions; it is still Ready and holds standby copies of state.",
                 targets((f"count by (instance) (compliance_consumer_end_offset{{{SEL}}})", "{{instance}}")),
+                "short",
+            ),
+        ]),
+        ("Compliance staff", [
+            timeseries(
+                "Overrides",
+                "Overrides in force (set by compliance staff with `compliance-worker override`, the same number on "
+                "every worker: each reads them all), and decisions made by one per second, by decision. A rejected "
+                "override document (not valid: the product then has none) shows as its own line.",
+                targets(
+                    (f"max(compliance_overrides_active{{{SEL}}})", "in force"),
+                    (f"sum by (decision) (rate(compliance_override_decisions_total{{{SEL}}}[{RATE}]))",
+                     "decided: {{decision}} /s"),
+                    (f"sum(increase(compliance_overrides_rejected_total{{{SEL}}}[{RATE}]))", "rejected"),
+                ),
                 "short",
             ),
         ]),
@@ -238,7 +263,7 @@ def sections() -> list[tuple[str, list[dict[str, Any]]]]:
             timeseries(
                 "Memory",
                 "Resident memory of each worker process. Compare with the container limit (512 MiB in "
-                "deploy/k8s/deployment.yaml).",
+                "deploy/k8s/statefulset.yaml); the RocksDB cache (STATE_CACHE_MB) is part of it.",
                 targets((f"process_resident_memory_bytes{{{SEL}}}", "{{instance}}")),
                 "bytes",
             ),

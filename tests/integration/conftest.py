@@ -1,4 +1,4 @@
-"""A real Apache Kafka broker for the test session, and a real worker process per test."""
+"""A real Apache Kafka broker of the project's default version for the test session, and a real worker per test."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import sys
 import time
 import urllib.request
 import uuid
+import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -23,6 +25,19 @@ from tests.tools import IN_CI
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SCRIPT = ROOT / "scripts" / "kafka.sh"
 TEST_STATE = ROOT / ".cache" / "test-state"  # the workers' STATE_DIRs, one per worker of a test; emptied per session
+KAFKA_POM = ROOT / "kafka" / "pom.xml"
+
+
+def default_kafka_version() -> str:
+    """``kafka.version`` in kafka/pom.xml: the broker scripts/kafka.sh runs unless KAFKA_VERSION says otherwise."""
+    version = ElementTree.parse(KAFKA_POM).getroot().findtext(
+        "m:properties/m:kafka.version", namespaces={"m": "http://maven.apache.org/POM/4.0.0"}
+    )
+    assert version, f"no kafka.version in {KAFKA_POM}"
+    return version
+
+
+DEFAULT_KAFKA_VERSION = default_kafka_version()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -39,28 +54,60 @@ def test_state() -> Iterator[Path]:
     shutil.rmtree(TEST_STATE, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def kafka() -> Iterator[str]:
-    """A fresh single-node KRaft broker on free ports for this session (so sessions never collide); stopped at the end."""
-    port = int(os.environ.get("TEST_KAFKA_PORT") or free_port())
+@dataclass(frozen=True)
+class Broker:
+    """A running single-node broker from scripts/kafka.sh: its version, address, state directory and the jars
+    (broker and Kafka's Java tools) of that version."""
+
+    version: str
+    bootstrap: str
+    home: Path
+    libs: Path
+
+    @property
+    def data(self) -> Path:
+        """Where it keeps its log segments."""
+        return self.home / "data"
+
+
+@contextmanager
+def started_broker(version: str, port: int | None = None) -> Iterator[Broker]:
+    """A fresh single-node KRaft broker of Apache Kafka ``version`` on free ports (so sessions and versions never
+    collide); stopped and removed at the end."""
+    port = port or free_port()
     home = ROOT / ".cache" / "kafka" / f"test-node-{port}"
     env = {
-        **os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(free_port()), "KAFKA_HOME_DIR": str(home),
+        **os.environ, "KAFKA_VERSION": version, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(free_port()),
+        "KAFKA_HOME_DIR": str(home),
     }
     subprocess.run([str(KAFKA_SCRIPT), "down"], env=env, check=False, capture_output=True)
     shutil.rmtree(home, ignore_errors=True)
     started = subprocess.run([str(KAFKA_SCRIPT), "up"], env=env, capture_output=True, text=True)
     if started.returncode != 0:
-        message = f"the test Kafka broker did not start:\n{started.stdout}\n{started.stderr}"
+        message = f"the test Kafka {version} broker did not start:\n{started.stdout}\n{started.stderr}"
         if IN_CI:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     sys.stderr.write(started.stdout)
     try:
-        yield f"127.0.0.1:{port}"
+        libs = subprocess.run([str(KAFKA_SCRIPT), "libs"], env=env, capture_output=True, text=True, check=True)
+        yield Broker(version, f"127.0.0.1:{port}", home, Path(libs.stdout.strip()))
     finally:
         subprocess.run([str(KAFKA_SCRIPT), "down"], env=env, check=False, capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def default_broker() -> Iterator[Broker]:
+    """The session's broker of the project's default version (kafka/pom.xml)."""
+    with started_broker(DEFAULT_KAFKA_VERSION, int(os.environ.get("TEST_KAFKA_PORT") or 0)) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def kafka(default_broker: Broker) -> str:
+    """The bootstrap address of the session's broker (tests/integration/interop overrides it: one per version)."""
+    return default_broker.bootstrap
 
 
 def free_port() -> int:
@@ -129,7 +176,14 @@ class WorkerProcess:
             return error.code, error.read()
 
     def wait_ready(self, timeout: float = 60.0) -> dict:
-        """Poll /readyz until it answers 200, failing early if the process dies."""
+        """Poll /readyz until it answers 200 (its first recovery after start is done), failing early if it dies."""
+        return self._wait_readyz(lambda body: True, "ready", timeout)
+
+    def wait_settled(self, timeout: float = 60.0) -> dict:
+        """Poll /readyz until it answers 200 with no rebalance or recovery under way (a later one included)."""
+        return self._wait_readyz(lambda body: not body["rebalancing"] and not body["recovering"], "settled", timeout)
+
+    def _wait_readyz(self, done: Callable[[dict], bool], what: str, timeout: float) -> dict:
         import orjson
 
         deadline = time.monotonic() + timeout
@@ -141,12 +195,12 @@ class WorkerProcess:
             try:
                 status, body = self.get("/readyz")
                 last = body
-                if status == 200:
-                    return orjson.loads(body)
+                if status == 200 and done(answer := orjson.loads(body)):
+                    return answer
             except OSError as error:
                 last = error
             time.sleep(0.2)
-        pytest.fail(f"worker not ready after {timeout}s (last: {last!r}); log:\n{self.tail_log()}", pytrace=False)
+        pytest.fail(f"worker not {what} after {timeout}s (last: {last!r}); log:\n{self.tail_log()}", pytrace=False)
 
     def metrics(self) -> str:
         status, body = self.get("/metrics")

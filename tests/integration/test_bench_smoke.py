@@ -77,6 +77,24 @@ def test_every_bench_prints_one_json_line_and_a_summary(kafka: str, tmp_path: Pa
     assert (tmp_path / "bench" / "results.jsonl").read_text().splitlines() == result.stdout.splitlines()
 
 
+def test_the_exactly_once_bench_runs_the_worker_under_transactions(kafka: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--events", str(EVENTS), "--only", "exactly_once", "--bootstrap", kafka,
+         "--log-dir", str(tmp_path / "bench")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}"
+    lines = {line["bench"]: line for line in map(orjson.loads, result.stdout.splitlines())}
+    assert list(lines) == ["exactly_once", "summary"]
+    line = lines["exactly_once"]
+    assert THROUGHPUT_KEYS <= set(line) and line["processing_guarantee"] == "exactly_once"
+    # Every input event came out exactly once, committed (the bench reads read_committed).
+    assert (line["events"], line["outputs"], line["missing"], line["duplicates"]) == (EVENTS, EVENTS, 0, 0)
+    assert line["exit_code"] == 0 and line["events_per_s"] > 0
+    starting = orjson.loads((tmp_path / "bench" / "exactly_once.log").read_text().splitlines()[0])
+    assert starting["event"] == "starting" and starting["settings"]["processing_guarantee"] == "exactly_once"
+
+
 def test_the_state_bench_on_a_few_thousand_products(kafka: str, tmp_path: Path) -> None:
     result = subprocess.run(
         [

@@ -38,10 +38,9 @@ SCRAPE_INTERVAL = "1s"
 # What Grafana substitutes for $__rate_interval with a 1 s scrape interval over a short range: 4 scrapes + 1.
 RATE_INTERVAL = "5s"
 DEADLINE_SECONDS = 45.0
-# Rule expressions that may return nothing even while events flow:
-# - alerts: a healthy worker fires none of them (some are checked to be empty below);
-# - CompliancePolicyRejected uses compliance_policy_rejected_total, which the worker exports once live
-#   policy reloads land (another issue), so it is only checked to be valid.
+# Rule expressions that may return nothing even while events flow: the alerts. A healthy worker fires none of
+# them, and these are checked to be empty below (CompliancePolicyRejected against the worker's real
+# compliance_policy_rejected_total series, which it exports at 0 from its start).
 EXPECTED_QUIET_ALERTS = ("ComplianceNoWorkerUp", "ComplianceWorkerDown", "CompliancePolicyRejected",
                          "CompliancePolicyVersionMismatch")
 

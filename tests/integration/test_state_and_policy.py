@@ -29,8 +29,8 @@ from jsonschema import Draft202012Validator
 
 from tests.integration.conftest import ROOT, WorkerProcess
 from tests.integration.kafka import Record, produce
+from tests.integration.prometheus import sample, series
 from tests.integration.test_policy_publish import publish
-from tests.integration.test_worker import metric
 from worker.core import InvalidPolicy, Policy, classify, decode_event, load_bundled_policy
 from worker.core.classify import decision_id
 from worker.core.policy import BUNDLED_POLICY, parse_policy_bytes
@@ -265,7 +265,9 @@ def wait_for(check: Callable[[], Any], what: str, log: Callable[[], str] = lambd
 
 
 def policy_in_force(worker: WorkerProcess, policy: Policy) -> bool:
-    return metric(worker.metrics(), "compliance_policy_info", version=policy.version, digest=policy.digest[:12]) == 1
+    """compliance_policy_info has exactly one series, this policy's, at 1 (the policy before it is gone)."""
+    wanted = {frozenset({("version", policy.version), ("digest", policy.digest[:12])}): 1.0}
+    return series(worker.metrics(), "compliance_policy_info") == wanted
 
 
 def log_events(worker: WorkerProcess) -> list[dict[str, Any]]:
@@ -283,8 +285,8 @@ def log_events(worker: WorkerProcess) -> list[dict[str, Any]]:
 def rescreened(worker: WorkerProcess) -> tuple[float, float]:
     text = worker.metrics()
     return (
-        metric(text, "compliance_rescreened_products_total", result="changed"),
-        metric(text, "compliance_rescreened_products_total", result="unchanged"),
+        sample(text, "compliance_rescreened_products_total", result="changed"),
+        sample(text, "compliance_rescreened_products_total", result="unchanged"),
     )
 
 
@@ -456,10 +458,11 @@ def test_policy_published_while_events_flow_rescreens_and_publishes_only_flips(
         f"re-screened: {expected_changed} changed, {expected_unchanged} unchanged", worker.tail_log,
     )
     text = worker.metrics()
-    assert metric(text, "compliance_rescreen_pending_products") == 0
-    assert metric(text, "compliance_policy_info", version=new.version, digest=new.digest[:12]) == 1
-    assert metric(text, "compliance_policy_info", version=OLD.version, digest=OLD.digest[:12]) == 0
-    assert metric(text, "compliance_policy_rejected_total", reason="invalid") == 0
+    assert sample(text, "compliance_rescreen_pending_products") == 0
+    assert series(text, "compliance_policy_info") == {
+        frozenset({("version", new.version), ("digest", new.digest[:12])}): 1.0
+    }, "the new policy's series alone: the old one is gone"
+    assert sample(text, "compliance_policy_rejected_total", reason="invalid") == 0
 
     records = read_to_end(worker.bootstrap, worker.decisions_topic)
     rescreens = [r for r in records if r.is_rescreen]
@@ -531,7 +534,7 @@ def test_invalid_policy_on_the_topic_is_rejected_and_the_old_one_stays(
     version = new_version()
     produce_raw(worker.bootstrap, policy_topic, version.encode(), invalid_document(version))  # bypasses the CLI
     wait_for(
-        lambda: metric(worker.metrics(), "compliance_policy_rejected_total", reason="invalid") == 1,
+        lambda: sample(worker.metrics(), "compliance_policy_rejected_total", reason="invalid") == 1,
         "counting the invalid policy", worker.tail_log,
     )
     assert policy_in_force(worker, old)
@@ -554,7 +557,7 @@ def test_invalid_policy_on_the_topic_is_rejected_and_the_old_one_stays(
     path, valid = write_policy(tmp_path, new_version(), dresses_restricted=False)
     publish_policy(worker.bootstrap, path, policy_topic)
     wait_for(lambda: policy_in_force(worker, valid), f"policy {valid.version} in force", worker.tail_log)
-    assert metric(worker.metrics(), "compliance_policy_rejected_total", reason="invalid") == 1
+    assert sample(worker.metrics(), "compliance_policy_rejected_total", reason="invalid") == 1
 
 
 def test_invalid_policy_published_while_the_worker_starts_is_reported(
@@ -571,7 +574,7 @@ def test_invalid_policy_published_while_the_worker_starts_is_reported(
     worker.wait_ready()
     assert not [e for e in log_events(worker) if e.get("event") == "policy_ignored"], "published after prepare()"
     wait_for(
-        lambda: metric(worker.metrics(), "compliance_policy_rejected_total", reason="invalid") == 1,
+        lambda: sample(worker.metrics(), "compliance_policy_rejected_total", reason="invalid") == 1,
         "counting the invalid policy", worker.tail_log, timeout=10,
     )
     assert [e["reason"] for e in log_events(worker) if e.get("event") == "policy_rejected"] == ["invalid"]
@@ -581,13 +584,14 @@ def test_invalid_policy_published_while_the_worker_starts_is_reported(
 
 
 def assignments(workers: list[WorkerProcess]) -> list[list[int]] | None:
-    """Each worker's input partitions once all are ready and together own every partition exactly once."""
+    """Each worker's input partitions once all are ready and settled and together own every partition exactly once."""
     found = []
     for worker in workers:
         status, body = worker.get("/readyz")
-        if status != 200:
+        answer = orjson.loads(body) if status == 200 else None
+        if answer is None or answer["rebalancing"] or answer["recovering"]:
             return None
-        found.append(orjson.loads(body)["assigned_partitions"])
+        found.append(answer["assigned_partitions"])
     every = sorted(p for partitions in found for p in partitions)
     return found if every == [0, 1, 2, 3] and all(found) else None
 
@@ -711,11 +715,10 @@ def test_worker_starts_with_the_newest_valid_policy_on_the_topic(
     [starting] = [e for e in entries if e.get("event") == "starting"]
     assert starting["logger"] == "worker" and starting["policy_version"] == new.version
     assert f"policy {new.version} (from topic {policy_topic})" in starting["message"], starting["message"]
-    assert policy_in_force(worker, new)
-    assert metric(worker.metrics(), "compliance_policy_info", version=OLD.version, digest=OLD.digest[:12]) == 0
+    assert policy_in_force(worker, new)  # its series alone: none for the bundled policy
     [ignored] = [e for e in entries if e.get("event") == "policy_ignored"]
     assert ignored["level"] == "warning" and f"{policy_topic}[0]@2" in ignored["message"], ignored
-    assert metric(worker.metrics(), "compliance_policy_rejected_total", reason="invalid") == 0  # counted when published
+    assert sample(worker.metrics(), "compliance_policy_rejected_total", reason="invalid") == 0  # counted when published
 
     message = upsert("P-start", 1, "CN")
     produce(worker.bootstrap, worker.input_topic, [message])
@@ -766,7 +769,7 @@ def test_a_rejected_reused_version_is_not_put_in_force_by_a_worker_started_later
     wait_for(lambda: policy_in_force(first, policy_a), "document A in force", first.tail_log)
     publish_policy(first.bootstrap, path_b, policy_topic)  # same version, other content: rejected live
     wait_for(
-        lambda: metric(first.metrics(), "compliance_policy_rejected_total", reason="version_reused") == 1,
+        lambda: sample(first.metrics(), "compliance_policy_rejected_total", reason="version_reused") == 1,
         "rejecting document B", first.tail_log,
     )
     assert policy_in_force(first, policy_a)
@@ -838,11 +841,11 @@ def test_rescreen_at_scale(
         "policy_record_to_first_flip_seconds": round(first_flip_s, 3),
         "policy_record_to_last_flip_seconds": round(last_flip_s, 3),
         "worker_pass_seconds": finished["seconds"],
-        "metric_last_duration_seconds": metric(text, "compliance_rescreen_last_duration_seconds"),
+        "metric_last_duration_seconds": sample(text, "compliance_rescreen_last_duration_seconds"),
         "products_per_second": round(count / last_flip_s, 1) if last_flip_s > 0 else None,
         "probes_decided_under_old_policy": probes_old,
         "probes_sent_to_last_probe_decided_seconds": round(probe_latency_s, 3),
-        "worker_rss_mb": round(metric(text, "process_resident_memory_bytes") / 1e6, 1),
+        "worker_rss_mb": round(sample(text, "process_resident_memory_bytes") / 1e6, 1),
     }
     print(f"\nre-screen at scale: {orjson.dumps(figures).decode()}")
     for name, value in figures.items():

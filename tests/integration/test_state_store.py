@@ -118,7 +118,7 @@ def test_a_partition_moves_to_the_worker_that_keeps_its_standby(
 
     second_worker.stop()
     wait_for(lambda: len(assigned(first_worker)) == 4, "all four partitions on the first worker", first_worker.tail_log)
-    first_worker.wait_ready()
+    first_worker.wait_settled()
     taken_over = restored(first_worker) - before
     assert taken_over == (0 if standby_replicas == "1" else moving_records)
     assert_remembered(first_worker, first, second)
@@ -143,7 +143,7 @@ def test_revoked_partitions_state_is_freed_at_every_rebalance(
         assert all(role == "active" for _, role in held(worker))
         other.stop()
         wait_for(lambda: len(assigned(worker)) == 4, "all partitions back", worker.tail_log)
-        worker.wait_ready()
+        worker.wait_settled()
         assert sorted(held(worker)) == [(p, "active") for p in range(4)]
     # Moved away and back three times, recovered each time: every product's next decision knows its last one.
     assert_remembered(worker, messages, products(2, flip=True))

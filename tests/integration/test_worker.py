@@ -10,22 +10,12 @@ import orjson
 
 from tests.integration.conftest import WorkerProcess
 from tests.integration.kafka import consume, produce
+from tests.integration.prometheus import sample, series, wait_for_metrics
 from worker.core import classify, decode_event, load_bundled_policy
 from worker.core.errors import ErrorCode
 from worker.commands.sample import generate
 
 POLICY = load_bundled_policy()
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text format (0 when absent)."""
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    pattern = re.compile(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", re.MULTILINE)
-    for found_labels, value in pattern.findall(text):
-        present = ",".join(sorted(part for part in found_labels.split(",") if part))
-        if present == wanted:
-            return float(value)
-    return 0.0
 
 
 def test_every_event_gets_one_decision_and_bad_ones_a_dead_letter(worker: WorkerProcess) -> None:
@@ -84,7 +74,7 @@ def test_tombstone_is_forwarded(worker: WorkerProcess) -> None:
     produce(worker.bootstrap, worker.input_topic, [(b"P-gone", None)])
     tombstones = consume(worker.bootstrap, worker.decisions_topic, 1)
     assert [(r.key, r.value) for r in tombstones] == [(b"P-gone", None)]
-    assert metric(worker.metrics(), "compliance_tombstones_total") == 1
+    assert sample(worker.metrics(), "compliance_tombstones_total") == 1
 
 
 def test_order_per_product_is_kept(worker: WorkerProcess) -> None:
@@ -132,16 +122,24 @@ def test_metrics_match_what_was_produced(worker: WorkerProcess) -> None:
     consume(worker.bootstrap, worker.decisions_topic, sum(expected_decisions.values()))
     consume(worker.bootstrap, worker.dead_letter_topic, sum(expected_dead.values()))
 
-    text = worker.metrics()
-    for (decision, cluster), count in expected_decisions.items():
-        assert metric(text, "compliance_decisions_total", decision=decision, cluster=cluster) == count
-    for code, count in expected_dead.items():
-        assert metric(text, "compliance_dead_letters_total", code=code) == count
-    assert metric(text, "compliance_decision_latency_seconds_count") == sum(expected_decisions.values()) + sum(expected_dead.values())
-    assert metric(text, "compliance_policy_info", version=POLICY.version, digest=POLICY.digest[:12]) == 1
-    lag = [metric(text, "compliance_consumer_lag", topic=worker.input_topic, partition=str(p)) for p in range(4)]
+    # The counters move just after the broker acknowledged the output that was read back above.
+    handled = sum(expected_decisions.values()) + sum(expected_dead.values())
+    text = wait_for_metrics(
+        worker.metrics, lambda text: sample(text, "compliance_decision_latency_seconds_count") == handled,
+        f"{handled} events counted",
+    )
+    assert series(text, "compliance_decisions_total") == {
+        frozenset({("decision", decision), ("cluster", cluster)}): count
+        for (decision, cluster), count in expected_decisions.items()
+    }
+    # Every code has its series from the start (0 until it happens): alert rules and rate() need it to exist.
+    assert series(text, "compliance_dead_letters_total") == {
+        frozenset({("code", code)}): expected_dead.get(code, 0) for code in ErrorCode
+    }
+    assert sample(text, "compliance_policy_info", version=POLICY.version, digest=POLICY.digest[:12]) == 1
+    lag = [sample(text, "compliance_consumer_lag", topic=worker.input_topic, partition=str(p)) for p in range(4)]
     assert all(value >= 0 for value in lag)
-    assert "faust_messages_received" in text, "Faust's own Prometheus sensors are exported too"
+    assert sample(text, "faust_messages_received_total") >= handled, "Faust's own Prometheus sensors are exported too"
 
 
 def test_readyz_reports_assignment_and_healthz_is_alive(worker: WorkerProcess) -> None:

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import tomllib
+import xml.etree.ElementTree as ElementTree
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -267,8 +268,19 @@ def test_dockerfile_base_is_a_pinned_slim_python_and_the_image_runs_as_non_root(
     final_stage = commands[max(i for i, command in enumerate(commands) if command.cmd == "FROM"):]
     users = [command.value[0] for command in final_stage if command.cmd == "USER"]
     assert users and users[-1].split(":")[0].isdigit() and int(users[-1].split(":")[0]) >= 1000, users
-    deployment = read_yaml(K8S / "deployment.yaml")
-    assert int(users[-1].split(":")[0]) == deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    workers = read_yaml(K8S / "statefulset.yaml")
+    assert int(users[-1].split(":")[0]) == workers["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+
+
+def test_the_image_creates_the_default_state_dir_for_its_user() -> None:
+    """A pod's volume is mounted over it; without one (docker run) the worker must still be able to write there."""
+    commands = dockerfile_commands()
+    final_stage = commands[max(i for i, command in enumerate(commands) if command.cmd == "FROM"):]
+    user = next(command.value[0] for command in reversed(final_stage) if command.cmd == "USER")
+    uid, gid = user.split(":")
+    state_dir = dict(settings_table())["STATE_DIR"]
+    runs = " ".join(command.value[0] for command in final_stage if command.cmd == "RUN")
+    assert re.search(rf"install -d -o {uid} -g {gid} -m 0750 {re.escape(state_dir)}(\s|$)", runs), runs
 
 
 def test_dockerfile_exposes_the_web_port_checks_healthz_and_runs_the_worker() -> None:
@@ -325,6 +337,12 @@ def test_the_compose_schema_is_strict_enough_to_catch_a_typo() -> None:
     assert len(list(compose_validator().iter_errors(broken))) == 2
 
 
+def test_the_compose_broker_is_the_projects_default_broker_version() -> None:
+    pom = ElementTree.parse(ROOT / "kafka" / "pom.xml").getroot()
+    version = pom.findtext("m:properties/m:kafka.version", namespaces={"m": "http://maven.apache.org/POM/4.0.0"})
+    assert compose()["services"]["kafka"]["image"] == f"apache/kafka:{version}", "kafka/pom.xml's kafka.version"
+
+
 def test_compose_services_are_wired_together() -> None:
     services = compose()["services"]
     assert set(services) == {"kafka", "worker", "prometheus", "grafana"}
@@ -368,7 +386,7 @@ def manifests() -> dict[str, dict[str, Any]]:
     return found
 
 
-CORE_KINDS = ("ConfigMap", "Deployment", "Service", "PodDisruptionBudget")
+CORE_KINDS = ("ConfigMap", "StatefulSet", "Service", "PodDisruptionBudget")
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -378,7 +396,7 @@ def test_core_manifests_validate_against_the_kubernetes_schemas(kind: str, versi
 
 
 def test_kubernetes_validation_catches_a_misspelt_field() -> None:
-    broken = copy.deepcopy(manifests()["Deployment"])
+    broken = copy.deepcopy(manifests()["StatefulSet"])
     container = broken["spec"]["template"]["spec"]["containers"][0]
     container["readinessProbe"]["httpGett"] = container["readinessProbe"].pop("httpGet")
     with pytest.raises(kubernetes_validate.ValidationError, match="httpGett"):
@@ -406,7 +424,7 @@ def test_scaledobject_hpa_behaviour_is_a_valid_autoscaling_v2_behaviour(version:
     hpa = {
         "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "check"},
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": scaled["scaleTargetRef"]["name"]},
+            "scaleTargetRef": scaled["scaleTargetRef"],
             "minReplicas": scaled["minReplicaCount"], "maxReplicas": scaled["maxReplicaCount"],
             "behavior": scaled["advanced"]["horizontalPodAutoscalerConfig"]["behavior"],
         },
@@ -415,7 +433,7 @@ def test_scaledobject_hpa_behaviour_is_a_valid_autoscaling_v2_behaviour(version:
 
 
 def test_manifests_agree_with_each_other_and_with_the_settings() -> None:
-    configmap, deployment = manifests()["ConfigMap"], manifests()["Deployment"]
+    configmap, workers = manifests()["ConfigMap"], manifests()["StatefulSet"]
     service, pdb = manifests()["Service"], manifests()["PodDisruptionBudget"]
     podmonitor, scaled = manifests()["PodMonitor"], manifests()["ScaledObject"]
 
@@ -423,9 +441,9 @@ def test_manifests_agree_with_each_other_and_with_the_settings() -> None:
     assert set(configmap["data"]) <= known, f"unknown settings {set(configmap['data']) - known}"
     settings = Settings.from_env(configmap["data"])  # the worker's own parser accepts every value
 
-    pod = deployment["spec"]["template"]
+    pod = workers["spec"]["template"]
     labels = pod["metadata"]["labels"]
-    selector = deployment["spec"]["selector"]["matchLabels"]
+    selector = workers["spec"]["selector"]["matchLabels"]
     for matcher in (selector, service["spec"]["selector"], pdb["spec"]["selector"]["matchLabels"],
                     podmonitor["spec"]["selector"]["matchLabels"]):
         assert matcher.items() <= labels.items(), matcher
@@ -454,15 +472,82 @@ def test_manifests_agree_with_each_other_and_with_the_settings() -> None:
     assert sorted(kustomization["resources"]) == sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
     assert compose()["services"]["worker"]["image"] == f"compliance-worker:{version}"
 
-    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert scaled["spec"]["scaleTargetRef"] == {
+        "apiVersion": workers["apiVersion"], "kind": "StatefulSet", "name": workers["metadata"]["name"],
+    }
     assert scaled["spec"]["maxReplicaCount"] == settings.topic_partitions, "one worker per partition at most"
     assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
-    assert scaled["spec"]["minReplicaCount"] <= deployment["spec"]["replicas"] <= scaled["spec"]["maxReplicaCount"]
+    assert scaled["spec"]["minReplicaCount"] <= workers["spec"]["replicas"] <= scaled["spec"]["maxReplicaCount"]
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["metadata"]["topic"] == settings.input_topic
     assert trigger["metadata"]["consumerGroup"] == settings.app_id, "Faust's app id is the consumer group"
     assert trigger["metadata"]["bootstrapServers"] == settings.kafka_bootstrap_servers
     assert trigger["metadata"]["allowIdleConsumers"] == "false"
+
+
+def test_each_worker_keeps_its_state_on_a_volume_of_its_own_at_state_dir() -> None:
+    configmap, workers, service = manifests()["ConfigMap"], manifests()["StatefulSet"], manifests()["Service"]
+    settings = Settings.from_env(configmap["data"])
+    assert settings.state_store == "rocksdb" and settings.table_standby_replicas >= 1
+    spec = workers["spec"]
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"], "one pod, one volume"
+    assert re.fullmatch(r"\d+Gi", claim["spec"]["resources"]["requests"]["storage"])
+    (container,) = spec["template"]["spec"]["containers"]
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == str(settings.state_dir)
+    assert claim["metadata"]["name"] not in {volume["name"] for volume in spec["template"]["spec"]["volumes"]}, (
+        "the claim template, not a pod volume (an emptyDir would lose the state with the pod)"
+    )
+    assert spec["template"]["spec"]["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+    # The governing Service is headless and still lists pods that are not ready.
+    assert spec["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Delete", "whenScaled": "Retain"}
+
+
+def test_rollouts_replace_one_pod_at_a_time_and_drains_take_one_more_at_most() -> None:
+    """docs/operations.md#rollouts-and-disruptions: the arithmetic these numbers make."""
+    workers, pdb = manifests()["StatefulSet"], manifests()["PodDisruptionBudget"]
+    spec = workers["spec"]
+    assert spec["updateStrategy"] == {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}, (
+        "one pod at a time, each waiting for the one before to be Ready (no maxUnavailable: alpha before 1.35)"
+    )
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert pdb["spec"] == {
+        "maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow", "selector": pdb["spec"]["selector"],
+    }, "maxUnavailable, never minAvailable: KEDA moves the replica count"
+    (container,) = spec["template"]["spec"]["containers"]
+    readiness = container["readinessProbe"]
+    assert readiness["httpGet"]["path"] == "/readyz" and "initialDelaySeconds" not in readiness
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz", "a long first recovery must not restart the pod"
+    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
+
+
+def test_a_pod_has_the_memory_its_rocksdb_cache_is_sized_for() -> None:
+    """STATE_CACHE_MB is all of RocksDB's memory; docs/operations.md#state sizes the rest against this limit."""
+    configmap, workers = manifests()["ConfigMap"], manifests()["StatefulSet"]
+    settings = Settings.from_env(configmap["data"])
+    (container,) = workers["spec"]["template"]["spec"]["containers"]
+    resources = container["resources"]
+    assert resources["limits"]["memory"] == resources["requests"]["memory"] == "512Mi", "no overcommit: the cache is fixed"
+    assert settings.state_cache_mb * 4 <= 512
+
+
+def test_compose_gives_each_worker_its_own_state_volume() -> None:
+    worker = compose()["services"]["worker"]
+    settings = Settings.from_env(worker["environment"])
+    assert str(settings.state_dir) in worker["volumes"], "an anonymous volume: one per worker of --scale"
+    assert ":" not in str(settings.state_dir)
+
+
+def test_the_operations_guide_has_every_section_deploy_and_readme_point_to() -> None:
+    headings = re.findall(r"^#+ (.+?)\s*$", OPERATIONS.read_text(encoding="utf-8"), re.MULTILINE)
+    anchors = {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+    texts = [path.read_text(encoding="utf-8") for path in (*DEPLOY.rglob("*.yaml"), DEPLOY / "Dockerfile", ROOT / "README.md")]
+    pointed = {anchor for text in texts for anchor in re.findall(r"operations\.md#([\w-]+)", text)}
+    assert {"state", "probes", "rollouts-and-disruptions"} <= pointed
+    assert pointed <= anchors, f"docs/operations.md has no section for {pointed - anchors}"
 
 
 # ------------------------------------------------------------------ settings documentation

@@ -1,4 +1,4 @@
-"""The JSON Schemas: valid draft 2020-12, examples valid, decisions conform, and the decoder agrees with the event schema."""
+"""The JSON Schemas: valid draft 2020-12, examples valid, decisions conform, hand-written validation agrees with them."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from worker.core.classify import decision_id
 from worker.core.clock import utc_now
 from worker.core.countries import COUNTRY_CODES
 from worker.core.event import MAX_CATEGORY_ID_LENGTH, MAX_ID_LENGTH, MAX_PATH_LENGTH, MAX_SHORT_TEXT, MAX_TITLE_LENGTH
+from worker.core.overrides import DECISIONS, MAX_REASON_LENGTH, MAX_SHORT_FIELD, InvalidOverride, parse_override
 from worker.commands.sample import generate
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -48,9 +49,10 @@ DECISION_VALIDATOR = EcmaDraft202012Validator(load_schema("decision.schema.json"
 # --- the schemas themselves ---------------------------------------------------------------
 
 
-def test_all_four_schemas_are_here() -> None:
+def test_all_five_schemas_are_here() -> None:
     assert [path.name for path in SCHEMA_FILES] == [
-        "dead-letter.schema.json", "decision.schema.json", "policy.schema.json", "product-upsert.schema.json",
+        "dead-letter.schema.json", "decision.schema.json", "override.schema.json", "policy.schema.json",
+        "product-upsert.schema.json",
     ]
 
 
@@ -78,8 +80,10 @@ def test_event_schema_examples_decode() -> None:
 
 
 def test_decision_example_id_is_derived_as_documented() -> None:
-    (example,) = load_schema("decision.schema.json")["examples"]
-    assert example["decision_id"] == decision_id(example["event_id"], example["policy_version"])
+    examples = load_schema("decision.schema.json")["examples"]
+    assert [example["review"] for example in examples] == [False, True]
+    for example in examples:
+        assert example["decision_id"] == decision_id(example["event_id"], example["policy_version"])
 
 
 def test_event_schema_bounds_are_the_decoders() -> None:
@@ -138,6 +142,9 @@ def test_decision_of_a_policy_with_a_new_cluster_validates() -> None:
         pytest.param("reasons", ["DOMESTIC_ITEM", "DOMESTIC_ITEM"], id="repeated-reason"),
         pytest.param("cluster", "Textile", id="cluster-not-snake-case"),
         pytest.param("decided_at", "2026-11-29T10:00:00Z", id="decided-at-without-millis"),
+        pytest.param("review", "false", id="review-a-string"),
+        pytest.param("review", True, id="review-without-a-signal"),
+        pytest.param("reasons", ["DOMESTIC_ITEM", "MATCHED_CATEGORY_ID", "ORIGIN_CHANGED_AFTER_BLOCK"], id="signal-without-review"),
     ],
 )
 def test_decision_schema_rejects_broken_records(policy: Policy, field: str, value: Any) -> None:
@@ -145,6 +152,16 @@ def test_decision_schema_rejects_broken_records(policy: Policy, field: str, valu
     assert DECISION_VALIDATOR.is_valid(record)
     record[field] = value
     assert not DECISION_VALIDATOR.is_valid(record)
+
+
+def test_decision_schema_review_follows_the_signals(policy: Policy) -> None:
+    record = classify(decode_event(orjson.dumps(VALID_EVENT)), policy).record(utc_now(), {"file": "-", "line": 1})
+    flagged = {**record, "reasons": ["DOMESTIC_ITEM", "MATCHED_CATEGORY_ID", "ORIGIN_CHANGED_AFTER_BLOCK"], "review": True}
+    held = {**record, "reasons": ["HELD_FOR_REVIEW", "DOMESTIC_ITEM", "CATEGORY_CHANGED_AFTER_BLOCK"], "review": True}
+    written_before_review = {key: value for key, value in record.items() if key != "review"}
+    for valid in (record, flagged, held, written_before_review):
+        assert [error.message for error in DECISION_VALIDATOR.iter_errors(valid)] == []
+    assert not DECISION_VALIDATOR.is_valid({key: value for key, value in flagged.items() if key != "review"})
 
 
 # --- decoder and event schema agree --------------------------------------------------------
@@ -319,3 +336,130 @@ def test_integral_float_version_decodes_to_an_integer() -> None:
     event = decode_event(b'{"event_id":"e","product":{"id":"P","version":7.0,"seller":{"country":"ID"},'
                          b'"ship_from_country":"ID","category":{"path":"A"}}}')
     assert event.product_version == 7 and type(event.product_version) is int
+
+
+# --- overrides: parse_override and the override schema agree -------------------------------
+
+OVERRIDE_SCHEMA = load_schema("override.schema.json")
+OVERRIDE_VALIDATOR = EcmaDraft202012Validator(OVERRIDE_SCHEMA)
+VALID_OVERRIDE: dict[str, Any] = {
+    "decision": "allow", "reason": "Appeal accepted", "reference": "APPEAL-1", "author": "dewi",
+    "created_at": "2026-11-29T10:00:00.123Z", "expires_at": "2027-01-01T00:00:00.000Z",
+}
+# Every character Python's str.strip() removes (parse_override's "blank"), and one that ECMA-262's \s has but it has not.
+PYTHON_WHITESPACE = [chr(code) for code in range(0x3001) if chr(code).isspace()]
+OVERRIDE_TEXT_LIMITS = [("reason", MAX_REASON_LENGTH), ("reference", MAX_SHORT_FIELD), ("author", MAX_SHORT_FIELD)]
+OVERRIDE_EXPLICIT: list[tuple[str, Any, bool]] = [
+    ("decision", "block", True),
+    *[("decision", value, False) for value in ("deny", "Allow", "BLOCK", "allow ", "", ["allow"])],
+    ("reference", None, True),
+    ("expires_at", None, True),
+    ("reason", "Banding diterima — produksi lokal ✓", True),
+    ("reason", "  padded but not blank  ", True),
+    ("reason", "\ufeff", True),  # a BOM is not whitespace to Python, so neither to the schema's text class
+    ("author", "😀" * MAX_SHORT_FIELD, True),
+    ("author", "😀" * (MAX_SHORT_FIELD + 1), False),
+    *[(field, value, True) for field in ("created_at", "expires_at") for value in (
+        "2026-12-01", "2026-12-01T00:00:00Z", "2026-12-01T00:00:00.1Z", "2026-12-01T00:00:00.123456789Z",
+        "2026-12-01T07:00:00+07:00", "2026-12-01T00:00:00-03:30",
+    )],
+    *[(field, value, False) for field in ("created_at", "expires_at") for value in (
+        "2026-12-01T00:00:00", "2026-12-01 00:00:00Z", "2026-12-01T00:00:00z", "2026-12-01t00:00:00Z",
+        "2026-12-01T00:00:00.1234567890Z", "2026-12-01T00:00Z", "2026-12-01\n", "2026-12-01T00:00:00Z\n", "20261201",
+        "tomorrow", 1796083200, "",
+    )],
+    ("extra", {"nested": [1, None]}, True),
+    ("policy_decision", "block", True),
+]
+
+
+def _override(**changes: Any) -> dict[str, Any]:
+    document = dict(VALID_OVERRIDE)
+    for name, value in changes.items():
+        if value is ...:
+            document.pop(name, None)
+        else:
+            document[name] = value
+    return document
+
+
+def _override_corpus() -> list[Any]:
+    cases = [pytest.param(example, True, id=f"schema-example-{index}") for index, example in enumerate(OVERRIDE_SCHEMA["examples"])]
+    cases.append(pytest.param(VALID_OVERRIDE, True, id="valid"))
+    for field in VALID_OVERRIDE:
+        cases.append(pytest.param(_override(**{field: ...}), field in ("reference", "expires_at"), id=f"{field}-missing"))
+        cases.append(pytest.param(_override(**{field: None}), field in ("reference", "expires_at"), id=f"{field}-null"))
+        for value_name, value in OTHER_VALUES:
+            cases.append(pytest.param(_override(**{field: value}), None, id=f"{field}-{value_name}"))
+    for field, limit in OVERRIDE_TEXT_LIMITS:
+        cases.append(pytest.param(_override(**{field: "x" * limit}), True, id=f"{field}-longest"))
+        cases.append(pytest.param(_override(**{field: "x" * (limit + 1)}), False, id=f"{field}-too-long"))
+        for char in PYTHON_WHITESPACE:
+            cases.append(pytest.param(_override(**{field: char * 3}), False, id=f"{field}-blank-U+{ord(char):04X}"))
+            cases.append(pytest.param(_override(**{field: f"{char}x{char}"}), True, id=f"{field}-around-U+{ord(char):04X}"))
+    for index, (field, value, valid) in enumerate(OVERRIDE_EXPLICIT):
+        cases.append(pytest.param(_override(**{field: value}), valid, id=f"{field}={value!r}#{index}"))
+    for value_name, value in [("array", [VALID_OVERRIDE]), ("string", "allow"), ("number", 1), ("null", None)]:
+        cases.append(pytest.param(value, False, id=f"document-{value_name}"))
+    return cases
+
+
+OVERRIDE_CORPUS = _override_corpus()
+
+
+def _parse_override_accepts(document: Any) -> tuple[bool, str]:
+    try:
+        parse_override(b"P-1", orjson.dumps(document))
+    except InvalidOverride as exc:
+        return False, exc.message
+    return True, "parsed"
+
+
+def test_override_corpus_is_big_and_mixed() -> None:
+    valid = [OVERRIDE_VALIDATOR.is_valid(case.values[0]) for case in OVERRIDE_CORPUS]
+    assert len(OVERRIDE_CORPUS) >= 250
+    assert valid.count(True) >= 90 and valid.count(False) >= 150
+
+
+@pytest.mark.parametrize(("document", "expected"), OVERRIDE_CORPUS)
+def test_parse_override_and_override_schema_agree(document: Any, expected: bool | None) -> None:
+    schema_errors = [f"{'.'.join(map(str, error.path))}: {error.message}" for error in OVERRIDE_VALIDATOR.iter_errors(document)]
+    parsed, says = _parse_override_accepts(document)
+    assert parsed == (not schema_errors), f"parse_override: {says}; schema: {schema_errors}"
+    if expected is not None:
+        assert parsed == expected, f"parse_override: {says}; schema: {schema_errors}"
+
+
+def test_override_schema_bounds_are_parse_overrides() -> None:
+    properties = OVERRIDE_SCHEMA["properties"]
+    assert properties["reason"]["maxLength"] == MAX_REASON_LENGTH
+    assert properties["reference"]["maxLength"] == properties["author"]["maxLength"] == MAX_SHORT_FIELD
+    assert properties["decision"]["enum"] == list(DECISIONS)
+    assert set(OVERRIDE_SCHEMA["required"]) == {"decision", "reason", "author", "created_at"}
+
+
+def test_override_schema_text_class_is_pythons_whitespace_exactly() -> None:
+    """The schema spells out the characters str.strip() removes: \\s means other characters in ECMA-262 than in
+    Python (U+001C-U+001F, U+0085, U+FEFF), so the class is written with escapes both read alike."""
+    pattern = OVERRIDE_SCHEMA["$defs"]["text"]["pattern"]
+    assert OVERRIDE_SCHEMA["properties"]["reference"]["pattern"] == pattern
+    assert re.fullmatch(r"\[\^(?:\\[tnfr]|\\u[0-9a-f]{4}|-| )+\]", pattern), pattern
+    blank = {chr(code) for code in range(0x110000) if re.fullmatch(pattern, chr(code)) is None}
+    assert blank == {chr(code) for code in range(0x110000) if chr(code).isspace()}
+
+
+def test_only_impossible_instants_are_beyond_the_override_schema() -> None:
+    """Dates that do not exist and offsets past 23:59 fit the pattern; parse_override refuses them (the schema says so)."""
+    assert "2026-02-30" in OVERRIDE_SCHEMA["description"]
+    for field in ("created_at", "expires_at"):
+        for value in ("2026-02-30", "2026-13-01T00:00:00Z", "2026-12-01T25:00:00Z", "2026-12-01T00:00:00+24:00"):
+            document = _override(**{field: value})
+            assert OVERRIDE_VALIDATOR.is_valid(document)
+            parsed, says = _parse_override_accepts(document)
+            assert not parsed and says.startswith(f"{field}: "), says
+
+
+def test_override_schema_examples_parse() -> None:
+    for example in OVERRIDE_SCHEMA["examples"]:
+        override = parse_override(b"P-1", orjson.dumps(example))
+        assert override.document() == {key: value for key, value in example.items()}

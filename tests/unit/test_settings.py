@@ -40,12 +40,15 @@ FIELD_OF = {
     "DEAD_LETTER_TOPIC": "dead_letter_topic",
     "POLICY_FILE": "policy_file",
     "POLICY_TOPIC": "policy_topic",
+    "OVERRIDES_TOPIC": "overrides_topic",
     "PROCESSING_GUARANTEE": "processing_guarantee",
     "KAFKA_ISOLATION_LEVEL": "kafka_isolation_level",
     "KAFKA_COMPRESSION_TYPE": "kafka_compression_type",
     "FORWARD_HEADERS": "forward_headers",
+    "KEY_MISMATCH": "key_mismatch",
     "WORKER_WEB_PORT": "worker_web_port",
     "WORKER_WEB_HOST": "worker_web_host",
+    "WORKER_WEB_ADVERTISED_HOST": "worker_web_advertised_host",
     "APP_ID": "app_id",
     "STATE_STORE": "state_store",
     "STATE_DIR": "state_dir",
@@ -92,6 +95,7 @@ def test_every_setting_has_a_variable_and_the_table_lists_them_all() -> None:
         pytest.param("KAFKA_COMPRESSION_TYPE", "none", "none", id="compression-none"),
         pytest.param("FORWARD_HEADERS", "x-request-id, baggage,,x-request-id", ("x-request-id", "baggage"), id="headers-list"),
         pytest.param("FORWARD_HEADERS", " ", (), id="headers-blank"),
+        pytest.param("KEY_MISMATCH", "Repartition", "repartition", id="key-mismatch-repartition"),
         pytest.param("WORKER_WEB_PORT", "8080", 8080, id="web-port"),
         pytest.param("WORKER_WEB_PORT", "0", 0, id="web-port-zero-picks-free"),
         pytest.param("WORKER_WEB_PORT", "65535", 65535, id="web-port-max"),
@@ -126,6 +130,7 @@ def test_each_variable_is_read_from_the_mapping(variable: str, raw: str, expecte
         pytest.param("KAFKA_ISOLATION_LEVEL", "committed", "is not one of read_committed, read_uncommitted", id="isolation-unknown"),
         pytest.param("KAFKA_COMPRESSION_TYPE", "brotli", "is not one of none, gzip, snappy, lz4, zstd", id="compression-unknown"),
         pytest.param("FORWARD_HEADERS", "x-request-id,bad name", "has spaces or control characters", id="headers-space"),
+        pytest.param("KEY_MISMATCH", "ignore", "is not one of dead_letter, repartition", id="key-mismatch-unknown"),
         pytest.param("WORKER_WEB_PORT", "abc", "is not a whole number", id="port-not-a-number"),
         pytest.param("WORKER_WEB_PORT", "70000", "is not a TCP port", id="port-too-big"),
         pytest.param("WORKER_WEB_PORT", "-1", "is not a TCP port", id="port-negative"),
@@ -205,3 +210,10 @@ def test_exactly_once_refuses_read_uncommitted_input() -> None:
     with pytest.raises(SettingsError) as caught:
         Settings.from_env({"PROCESSING_GUARANTEE": "exactly_once", "KAFKA_ISOLATION_LEVEL": "read_uncommitted"})
     assert "KAFKA_ISOLATION_LEVEL" in caught.value.message and "exactly_once" in caught.value.message
+
+
+def test_the_state_follows_the_repartition_topic_only_when_input_is_repartitioned() -> None:
+    plain = Settings.from_env({"APP_ID": "cw", "INPUT_TOPIC": "in"})
+    assert (plain.repartition_topic, plain.state_topic) == (None, "in")
+    routed = Settings.from_env({"APP_ID": "cw", "INPUT_TOPIC": "in", "KEY_MISMATCH": "repartition"})
+    assert (routed.repartition_topic, routed.state_topic) == ("cw-product-id-repartition", "cw-product-id-repartition")

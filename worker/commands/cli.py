@@ -1,4 +1,4 @@
-"""The `compliance-worker` command: worker, check, simulate, policy, dead-letters replay, state migrate, sample."""
+"""The `compliance-worker` command: worker, check, simulate, policy, dead-letters, state, override, status, sample."""
 
 from __future__ import annotations
 
@@ -180,11 +180,85 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--timeout", type=_seconds, default=30.0,
                          help="seconds to wait for each answer of the broker (default: 30)")
 
+    _override_parsers(commands)
+
+    status = commands.add_parser(
+        "status", help="a product's decision in force, reasons, facts and override, as a running worker tells it",
+        description="Asks a worker (GET URL/products/PRODUCT_ID; any worker of the group answers for every product) "
+                    "and prints the decision in force, its reasons, the policy version, when it was decided, the facts "
+                    "it rests on and the product's override. Exit 0 when answered, 3 for an unknown product (no "
+                    "worker has decided it), 1 when no worker answers or it cannot answer now (e.g. recovering), 2 "
+                    "for bad arguments.",
+    )
+    status.add_argument("product_id", metavar="PRODUCT_ID")
+    status.add_argument("--url", help="the worker's web address (default: http://127.0.0.1:WORKER_WEB_PORT)")
+    status.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait for the answer (default: 10)")
+    status.add_argument("--json", action="store_true", help="print the worker's answer as one JSON object")
+
     sample = commands.add_parser("sample", help="print a realistic sample catalog as JSON lines")
     sample.add_argument("--count", type=int, default=1000)
     sample.add_argument("--seed", type=int, default=7)
     sample.add_argument("--malformed-ratio", type=float, default=0.01)
     return parser
+
+
+def _override_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    override = commands.add_parser("override", help="set, clear or list per-product overrides (compliance staff)")
+    actions = override.add_subparsers(dest="action", required=True, metavar="ACTION")
+    broker_help = "exit 0 when done, 1 when Kafka cannot be reached or did not acknowledge, 2 for bad arguments or settings"
+    set_ = actions.add_parser(
+        "set", help="publish an override: the product's decisions say DECISION until it expires or is cleared",
+        usage="compliance-worker override set PRODUCT_ID --decision allow|block --reason TEXT [--reference ID] "
+              "[--expires WHEN] [--author NAME] [--bootstrap SERVERS] [--topic TOPIC] [--timeout SECONDS]",
+        description="Validates the override document as the worker will (one line and exit 2 if it is not valid, "
+                    "an --expires not in the future included), then publishes it to OVERRIDES_TOPIC keyed by the "
+                    "product id (acks=all, idempotent producer), creating the topic compacted with TOPIC_PARTITIONS "
+                    "partitions if it is missing. A new override for the product replaces the one before. "
+                    f"{broker_help[0].upper()}{broker_help[1:]}.",
+        epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    set_.add_argument("product_id", metavar="PRODUCT_ID")
+    set_.add_argument("--decision", metavar="allow|block", help="required: the decision while the override is in force")
+    set_.add_argument("--reason", metavar="TEXT", help="required: why (up to 2,000 characters), for the audit trail")
+    set_.add_argument("--reference", metavar="ID", help="a ticket or appeal id (up to 128 characters)")
+    set_.add_argument("--expires", metavar="WHEN",
+                      help="when it stops being in force: an RFC 3339 timestamp with its offset, or a date (midnight "
+                           "UTC); written in UTC with milliseconds (default: until cleared)")
+    set_.add_argument("--author", metavar="NAME", help="who sets it (default: the OS user)")
+    clear = actions.add_parser(
+        "clear", help="publish a tombstone: the product's decisions follow the policy again",
+        description=f"Publishes a tombstone for the product to OVERRIDES_TOPIC and says what it replaced; {broker_help}.",
+        epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    clear.add_argument("product_id", metavar="PRODUCT_ID")
+    listing = actions.add_parser(
+        "list", help="every product's latest override, by product id",
+        description="Reads OVERRIDES_TOPIC (read_committed, no consumer group) up to its end offsets at the start and "
+                    "shows each product's latest record: in force, expired, or invalid with the reason (the worker "
+                    f"ignores an invalid record: that product has no override); {broker_help}.",
+        epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    listing.add_argument("--active", action="store_true", help="only the overrides in force now")
+    listing.add_argument("--json", action="store_true", help="one JSON object per product (JSON lines)")
+    for action in (set_, clear, listing):
+        action.add_argument("--bootstrap", metavar="SERVERS", help="overrides KAFKA_BOOTSTRAP_SERVERS")
+        action.add_argument("--topic", type=_topic_name, metavar="TOPIC", help="overrides OVERRIDES_TOPIC")
+        action.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                            help="seconds to wait for the broker (default: 30)")
+
+
+def _override_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from worker.commands import overrides
+
+    where = {"bootstrap": args.bootstrap, "topic": args.topic, "timeout": args.timeout}
+    if args.action == "set":
+        return overrides.run_set(
+            env, args.product_id, decision=args.decision, reason=args.reason, reference=args.reference,
+            expires=args.expires, author=args.author, **where,
+        )
+    if args.action == "clear":
+        return overrides.run_clear(env, args.product_id, **where)
+    return overrides.run_list(env, active=args.active, as_json=args.json, **where)
 
 
 def _policy_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -227,10 +301,16 @@ def _policy_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = os.environ if env is None else env
-    command = args.command + (f" {args.action}" if args.command in ("policy", "dead-letters", "state") else "")
+    command = args.command + (f" {args.action}" if args.command in ("policy", "dead-letters", "state", "override") else "")
     try:
         if args.command == "policy":
             return _policy_command(args, env)
+        if args.command == "override":
+            return _override_command(args, env)
+        if args.command == "status":
+            from worker.commands.status import run_status
+
+            return run_status(env, args.product_id, url=args.url, timeout=args.timeout, as_json=args.json)
         if args.command == "dead-letters":
             from worker.commands.dead_letters import Filters, run_replay
 
@@ -278,9 +358,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             return run_worker(settings)
     except ComplianceError as exc:
         sys.stderr.write(f"compliance-worker {command}: {exc.message}\n")
-        # publish, replay, migrate: 1 = the broker failed, try again; 2 (everywhere) = an argument, the policy or a
-        # setting is wrong, or the command refuses to run
-        return 1 if args.command in ("policy", "dead-letters", "state") and exc.retriable else 2
+        # publish, replay, migrate, override, status: 1 = the broker or worker failed, try again; 2 (everywhere) = an
+        # argument, the policy or a setting is wrong, or the command refuses to run
+        return 1 if args.command in ("policy", "dead-letters", "state", "override", "status") and exc.retriable else 2
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): stop quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)

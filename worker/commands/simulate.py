@@ -11,9 +11,10 @@ from typing import Any, TextIO
 
 import orjson
 
-from worker.core import InvalidEvent, Policy, classify, decode_event
-from worker.core.classify import Decision
+from worker.core import InvalidEvent, Policy, ProductEvent, classify, decode_event
+from worker.core.classify import Decision, Reason
 from worker.core.clock import format_timestamp
+from worker.core.state import ProductState, decide
 
 DIRECTIONS = (("allow", "block"), ("block", "allow"))
 
@@ -26,7 +27,8 @@ def cluster_label(before: str | None, after: str | None) -> str:
 
 @dataclass
 class SimulationSummary:
-    """Counts only (a handful of keys each), so memory stays constant on any catalog size."""
+    """Counts only (a handful of keys each); memory stays constant on any catalog size unless a policy has review
+    signals, which need each product's state (``products``)."""
 
     lines: int = 0
     decided: int = 0  # under both policies
@@ -36,6 +38,19 @@ class SimulationSummary:
     invalid_both: Counter[str] = field(default_factory=Counter)  # by code ('A/B' when the codes differ)
     invalid_current_only: Counter[str] = field(default_factory=Counter)
     invalid_new_only: Counter[str] = field(default_factory=Counter)
+    # Review signals: each line decided against its product's earlier lines, per policy, as the worker does.
+    current_review: bool = False  # whether the policy raises review signals
+    new_review: bool = False
+    products: int = 0  # products remembered (stateful only)
+    signals_current: Counter[str] = field(default_factory=Counter)  # raised, by reason code
+    signals_new: Counter[str] = field(default_factory=Counter)
+    held_current: int = 0  # decisions a hold kept blocked
+    held_new: int = 0
+
+    @property
+    def stateful(self) -> bool:
+        """Whether lines were decided against their product's earlier lines (a policy has review signals)."""
+        return self.current_review or self.new_review
 
     @property
     def changed(self) -> int:
@@ -69,6 +84,12 @@ class SimulationSummary:
                 "current_only": dict(sorted(self.invalid_current_only.items())),
                 "new_only": dict(sorted(self.invalid_new_only.items())),
             },
+            "review": {
+                "stateful": self.stateful,
+                "products": self.products,
+                "signals": {"current": dict(sorted(self.signals_current.items())), "new": dict(sorted(self.signals_new.items()))},
+                "held": {"current": self.held_current, "new": self.held_new},
+            },
         }
 
     def render(self) -> str:
@@ -88,7 +109,19 @@ class SimulationSummary:
         out.append("  invalid under both:          " + _counts(self.invalid_both))
         out.append("  invalid only under current:  " + _counts(self.invalid_current_only))
         out.append("  invalid only under new:      " + _counts(self.invalid_new_only))
+        if not self.stateful:
+            out.append("  review signals:              off in both policies (each line decided on its own)")
+            return "\n".join(out)
+        out.append(f"  review signals, current:     {self._signals_line(self.current_review, self.signals_current, self.held_current)}")
+        out.append(f"  review signals, new:         {self._signals_line(self.new_review, self.signals_new, self.held_new)}")
+        out.append(f"  products remembered:         {self.products:,} (each line decided against its product's earlier ones)")
         return "\n".join(out)
+
+    @staticmethod
+    def _signals_line(on: bool, raised: Counter[str], held: int) -> str:
+        if not on:
+            return "off"
+        return f"{_counts(raised) if raised else 'none raised'}; {held:,} decisions held"
 
 
 def _counts(counter: Counter[str]) -> str:
@@ -103,9 +136,38 @@ def _decide(event: Any, policy: Policy, now: float) -> tuple[Decision | None, st
         return None, str(exc.code)
 
 
+class _Products:
+    """Each product's state under one policy, in the worker's stored form (about 300 bytes a product)."""
+
+    def __init__(self, policy: Policy, signals: Counter[str]) -> None:
+        self.policy = policy
+        self.states: dict[str, bytes] = {}
+        self.signals = signals
+        self.held = 0
+
+    def decide(self, event: ProductEvent, now: float) -> tuple[Decision | None, str | None]:
+        stored = self.states.get(event.product_id)
+        previous = None if stored is None else ProductState.decode(event.product_id.encode(), stored)
+        try:
+            transition = decide(event, self.policy, previous, now)
+        except InvalidEvent as exc:
+            return None, str(exc.code)
+        if transition.state is not None:
+            self.states[event.product_id] = transition.state.encode()
+        self.signals.update(transition.signals)
+        self.held += transition.decision.reasons[0] == Reason.HELD_FOR_REVIEW
+        return transition.decision, None
+
+
 def simulate_lines(lines: Iterable[bytes], current: Policy, new: Policy, now: float) -> SimulationSummary:
-    """Decide every non-blank line under both policies at the same ``now``; count what differs."""
-    summary = SimulationSummary()
+    """Decide every non-blank line under both policies at the same ``now``; count what differs.
+
+    When either policy has review signals, each line is decided as the worker would, against what the
+    same policy decided for its product's earlier lines (previous decision, stale versions, signals,
+    holds), so memory grows with the number of distinct products; otherwise every line on its own.
+    """
+    summary = SimulationSummary(current_review=bool(current.review_signals), new_review=bool(new.review_signals))
+    products = (_Products(current, summary.signals_current), _Products(new, summary.signals_new)) if summary.stateful else None
     line_number = 0
     for line_number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -115,7 +177,10 @@ def simulate_lines(lines: Iterable[bytes], current: Policy, new: Policy, now: fl
         except InvalidEvent as exc:
             summary.invalid_both[str(exc.code)] += 1  # decoding does not depend on the policy
             continue
-        (before, before_error), (after, after_error) = _decide(event, current, now), _decide(event, new, now)
+        if products is None:
+            (before, before_error), (after, after_error) = _decide(event, current, now), _decide(event, new, now)
+        else:
+            (before, before_error), (after, after_error) = products[0].decide(event, now), products[1].decide(event, now)
         if before is None or after is None:
             if after_error is None:
                 summary.invalid_current_only[str(before_error)] += 1
@@ -132,6 +197,9 @@ def simulate_lines(lines: Iterable[bytes], current: Policy, new: Policy, now: fl
             if before.cluster != after.cluster:
                 summary.reclassified += 1
     summary.lines = line_number
+    if products is not None:
+        summary.held_current, summary.held_new = products[0].held, products[1].held
+        summary.products = len(products[0].states.keys() | products[1].states.keys())
     return summary
 
 

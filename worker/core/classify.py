@@ -23,9 +23,14 @@ class Reason:
     NOT_RESTRICTED_CATEGORY = "NOT_RESTRICTED_CATEGORY"
     SELLER_EXEMPT = "SELLER_EXEMPT"
     CROSS_BORDER_BELOW_MINIMUM_PRICE = "CROSS_BORDER_BELOW_MINIMUM_PRICE"
+    MANUAL_OVERRIDE = "MANUAL_OVERRIDE"  # compliance staff decided this product (worker/core/overrides.py)
     # Set by the worker's per-product state (worker/core/state.py), never by classify itself.
     STALE_VERSION = "STALE_VERSION"  # alone: an older version than the one decided; the decision in force repeated
     POLICY_CHANGE = "POLICY_CHANGE"  # first, before the new classification: re-screened under a new policy
+    HELD_FOR_REVIEW = "HELD_FOR_REVIEW"  # first, before the classification: kept blocked by an evasion signal
+    # Evasion signals (worker/core/signals.py), after the evidence; a decision that carries one has review: true.
+    ORIGIN_CHANGED_AFTER_BLOCK = "ORIGIN_CHANGED_AFTER_BLOCK"
+    CATEGORY_CHANGED_AFTER_BLOCK = "CATEGORY_CHANGED_AFTER_BLOCK"
     # The evidence behind it.
     FOREIGN_SELLER = "FOREIGN_SELLER"
     FOREIGN_SHIP_FROM = "FOREIGN_SHIP_FROM"
@@ -41,8 +46,11 @@ class Reason:
 
 OUTCOMES: Final = frozenset({
     Reason.CROSS_BORDER_RESTRICTED_CLUSTER, Reason.DOMESTIC_ITEM, Reason.NOT_RESTRICTED_CATEGORY,
-    Reason.SELLER_EXEMPT, Reason.CROSS_BORDER_BELOW_MINIMUM_PRICE,
+    Reason.SELLER_EXEMPT, Reason.CROSS_BORDER_BELOW_MINIMUM_PRICE, Reason.MANUAL_OVERRIDE,
 })
+# In REVIEW_SIGNALS' order (worker/core/policy.py names them in lower case).
+SIGNAL_CODES: Final = (Reason.ORIGIN_CHANGED_AFTER_BLOCK, Reason.CATEGORY_CHANGED_AFTER_BLOCK)
+_SIGNAL_CODE_SET: Final = frozenset(SIGNAL_CODES)
 
 
 class Decision(NamedTuple):
@@ -58,6 +66,11 @@ class Decision(NamedTuple):
     reasons: tuple[str, ...]
     policy_version: str
 
+    @property
+    def review(self) -> bool:
+        """Whether a reviewer should look: the reasons carry an evasion signal."""
+        return not _SIGNAL_CODE_SET.isdisjoint(self.reasons)
+
     def record(self, decided_at: str, source: dict[str, Any]) -> dict[str, Any]:
         """The decision as the JSON object of schemas/decision.schema.json."""
         return {
@@ -69,6 +82,7 @@ class Decision(NamedTuple):
             "cross_border": self.cross_border,
             "cluster": self.cluster,
             "reasons": list(self.reasons),
+            "review": self.review,
             "policy_version": self.policy_version,
             "decided_at": decided_at,
             "source": source,

@@ -12,7 +12,7 @@ from worker.core.classify import Verdict, judge
 from worker.core.errors import InvalidEvent
 from worker.core.event import EventFacts, parse_typical, typical_category, typical_facts
 from worker.core.policy import PATH_CACHE_SIZE, Policy
-from worker.core.state import StoredState, decode_stored_decision, title_digest
+from worker.core.state import StoredState, decode_stored_decision, decode_stored_state, title_digest
 
 # key, state to store, decision record, decision, cluster
 FastDecision = tuple[bytes, bytes, bytes, str, str | None]
@@ -35,6 +35,7 @@ class _DecisionRecord(msgspec.Struct, gc=False):
     cross_border: bool
     cluster: str | None
     reasons: tuple[str, ...]
+    review: bool
     policy_version: str
     decided_at: str
     source: _Source
@@ -47,7 +48,9 @@ class FastPath:
 
     Typical: decode_typical accepts it (a valid event whose values msgspec reads as the
     reference decoder does), the policy can decide it (no PRICE_REQUIRED or NO_EXCHANGE_RATE),
-    and it is not older than the version already decided. The verdict is classify's
+    it is not older than the version already decided, and it can be no case for review: under
+    a policy with review signals, a blocked product that its facts now allow (it may raise a
+    signal) or that a signal holds goes the reference way. The verdict is classify's
     (classify.judge, which keeps the verdicts that hold for every event of a kind). It returns
     the same bytes as the reference path (tests compare them). One per policy; not for use
     from several threads at once (it reuses one encoding buffer).
@@ -59,6 +62,8 @@ class FastPath:
         self._exempt_sellers = policy.exempt_sellers
         self._homes = policy.home_countries
         self._version = policy.version
+        self._review = bool(policy.review_signals)
+        self._holds = policy.held_signals
         self._id_suffix = f"\x1f{policy.version}".encode()  # decision_id hashes f"{event_id}\x1f{policy_version}"
         # One lookup per event instead of four: (path, category id, HS code) as sent -> [category id, HS code
         # as ProductEvent holds them, then the verdicts for seller and origin abroad/abroad, abroad/home,
@@ -71,7 +76,7 @@ class FastPath:
 
     def decide(  # noqa: PLR0913
         self, raw: bytes, stored_state: Callable[[bytes, int], bytes | None], topic: str, partition: int, offset: int,
-        now: float, decided_at: str,
+        now: float, decided_at: str, state_partition: int,
     ) -> FastDecision | None:
         event = parse_typical(raw)
         if event is None:
@@ -104,7 +109,7 @@ class FastPath:
         if verdict is None:
             return None
         product_key = facts.product_id.encode()
-        stored = stored_state(product_key, partition)
+        stored = stored_state(product_key, state_partition)
         previous_decision = None
         if stored is not None:
             # Only two fields are read; the rest is skipped unchecked. States are written by ProductState.encode
@@ -117,6 +122,11 @@ class FastPath:
             if version is not None and known is not None and version < known:
                 return None  # stale: the reference path repeats the decision in force
             previous_decision = previous.decision
+            if previous_decision == "block" and self._review:
+                if verdict[0] == "allow":
+                    return None  # back with the same seller and title, it raises a signal: the reference path looks
+                if self._holds and self._is_held(stored):
+                    return None  # held, whatever the facts say
         event_id = facts.event_id
         decision_id = hashlib.blake2b(event_id.encode() + self._id_suffix, digest_size=16).hexdigest()
         decision, cross_border, cluster, reasons = verdict
@@ -131,10 +141,15 @@ class FastPath:
         ), buffer)
         record = self._encode(_DecisionRecord(
             decision_id, event_id, facts.product_id, facts.product_version, decision, cross_border, cluster, reasons,
-            policy_version, decided_at, _Source(topic, partition, offset), previous_decision,
+            False, policy_version, decided_at, _Source(topic, partition, offset), previous_decision,
             previous_decision != decision,
         ))
         return product_key, bytes(buffer), record, decision, cluster
+
+    def _is_held(self, stored: bytes) -> bool:
+        """Whether a signal this policy holds keeps the product blocked (the state read in full, only for a block;
+        bytes it cannot read raise as the reference path's reader would)."""
+        return not self._holds.isdisjoint(decode_stored_state(stored).held_signals)
 
     def _judge(self, facts: EventFacts, now: float) -> Verdict | None:
         try:

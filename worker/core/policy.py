@@ -20,6 +20,10 @@ from worker.core.errors import ErrorCode, InvalidEvent, InvalidPolicy
 from worker.core.memo import VerdictMemo
 
 SIGNALS: Final = ("seller_country", "ship_from_country")
+# Evasion signals a policy's `review` section may turn on (the reason code is the name in upper case), and what a
+# raised signal does: `flag` lets the decision follow the facts, `hold` keeps the product blocked.
+REVIEW_SIGNALS: Final = ("origin_changed_after_block", "category_changed_after_block")
+ON_SIGNAL: Final = ("flag", "hold")
 BUNDLED_POLICY: Final = "default.yaml"
 
 VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}")
@@ -163,6 +167,20 @@ def path_prefixes(segments: tuple[str, ...]) -> list[str]:
     return [" > ".join(segments[:depth]) for depth in range(len(segments), 0, -1)]
 
 
+@dataclass(frozen=True)
+class Review:
+    """The policy's `review` section: which evasion signals are raised, and whether a raised one holds the product."""
+
+    enabled: bool
+    signals: tuple[str, ...]  # as named in the policy, in REVIEW_SIGNALS order
+    on_signal: str  # "flag" or "hold"
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """The reason codes of the signals, in a fixed order (REVIEW_SIGNALS')."""
+        return tuple(name.upper() for name in self.signals)
+
+
 @dataclass(frozen=True, eq=False)
 class Policy:
     """A validated policy with indexes that make matching O(path depth)."""
@@ -186,11 +204,20 @@ class Policy:
     exempt_sellers: frozenset[str] = frozenset()
     minimum_price: MinimumPrice | None = None  # as configured, possibly disabled
     effective_from: Mapping[str, float] = field(default_factory=dict, repr=False)  # epoch seconds; only dated clusters
+    review: Review | None = None  # as configured, possibly disabled
     active_minimum_price: MinimumPrice | None = field(init=False, repr=False)  # the rule when it is enabled
+    # The reason codes of the evasion signals raised under this policy, in a fixed order (empty: review is off),
+    # and those of them that hold a product blocked (empty unless on_signal is hold).
+    review_signals: tuple[str, ...] = field(init=False, repr=False)
+    held_signals: frozenset[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         rule = self.minimum_price
         object.__setattr__(self, "active_minimum_price", rule if rule is not None and rule.enabled else None)
+        review = self.review
+        codes = review.codes if review is not None and review.enabled else ()
+        object.__setattr__(self, "review_signals", codes)
+        object.__setattr__(self, "held_signals", frozenset(codes) if review is not None and review.on_signal == "hold" else frozenset())
 
     def summary(self) -> str:
         """One line: what the policy holds and which optional rules are on (for `policy validate`)."""
@@ -212,6 +239,12 @@ class Policy:
                 f"{'' if rule.enabled else ' (configured, disabled)'}: "
                 f"{_plural(len(rule.exempt_hs_prefixes), 'exempt HS prefix', 'exempt HS prefixes')}, "
                 f"{_plural(len(rule.exchange_rates), 'exchange rate')}"
+            )
+        review = self.review
+        if review is not None:
+            optional.append(
+                f"review signals {', '.join(review.signals)} (on_signal: {review.on_signal})"
+                f"{'' if review.enabled else ' (configured, disabled)'}"
             )
         return f"{line}; optional rules: {'; '.join(optional) if optional else 'none'}"
 
@@ -333,7 +366,7 @@ def parse_policy(document: object) -> Policy:
     root = _expect(document, dict, "policy", "a mapping")
     _expect_keys(
         root, "policy", {"version", "cross_border", "clusters", "category_rules"},
-        {"description", "hs_fallback", "exempt_sellers", "minimum_price"},
+        {"description", "hs_fallback", "exempt_sellers", "minimum_price", "review"},
     )
 
     version = _text(root["version"], "version", 64)
@@ -433,6 +466,7 @@ def parse_policy(document: object) -> Policy:
 
     exempt_sellers = _parse_exempt_sellers(root["exempt_sellers"]) if "exempt_sellers" in root else frozenset()
     minimum_price = _parse_minimum_price(root["minimum_price"]) if "minimum_price" in root else None
+    review = _parse_review(root["review"]) if "review" in root else None
 
     return Policy(
         version=version,
@@ -449,6 +483,7 @@ def parse_policy(document: object) -> Policy:
         _by_hs=by_hs,
         exempt_sellers=exempt_sellers,
         minimum_price=minimum_price,
+        review=review,
         effective_from={
             name: cluster.effective_from for name, cluster in clusters.items() if cluster.effective_from is not None
         },
@@ -528,6 +563,27 @@ def _parse_minimum_price(value: object) -> MinimumPrice:
         rates[code] = _decimal(rate, at, RATE_RE, "0.0000625")
 
     return MinimumPrice(enabled, amount, currency, applies_to, frozenset(prefixes), rates)
+
+
+def _parse_review(value: object) -> Review:
+    where = "review"
+    section = _expect(value, dict, where, "a mapping")
+    _expect_keys(section, where, {"enabled", "signals"}, {"on_signal", "note"})
+    enabled = _expect(section["enabled"], bool, f"{where}.enabled", "true or false")
+    signals = _expect(section["signals"], list, f"{where}.signals", "a list")
+    if (
+        not signals
+        or not all(isinstance(signal, str) for signal in signals)  # a nested list is unhashable: reject, not crash
+        or len(set(signals)) != len(signals)
+        or not set(signals) <= set(REVIEW_SIGNALS)
+    ):
+        raise _fail(f"{where}.signals", f"must be a non-empty list of distinct values from {list(REVIEW_SIGNALS)}")
+    on_signal = section.get("on_signal", "flag")
+    if on_signal not in ON_SIGNAL:
+        raise _fail(f"{where}.on_signal", f"{on_signal!r} is not one of {list(ON_SIGNAL)}")
+    if "note" in section:
+        _text(section["note"], f"{where}.note", 1000)
+    return Review(enabled, tuple(name for name in REVIEW_SIGNALS if name in signals), on_signal)
 
 
 class _PolicyLoader(yaml.SafeLoader):

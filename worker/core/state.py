@@ -1,4 +1,4 @@
-"""Per-product decision state: transitions (previous_decision, changed), stale versions, re-screening, storage format."""
+"""Per-product decision state: transitions (previous_decision, changed), stale versions, holds, re-screening, storage."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ import msgspec
 import orjson
 
 from worker.core.classify import Decision, Reason, classify, decision_id
+from worker.core.errors import InvalidEvent
 from worker.core.event import ProductEvent
+from worker.core.overrides import Override, overridden, released
 from worker.core.policy import Policy
+from worker.core.signals import carry_hold, review
 
 STALE_VERSION = Reason.STALE_VERSION
 POLICY_CHANGE = Reason.POLICY_CHANGE
@@ -56,6 +59,7 @@ class StoredState(msgspec.Struct, array_like=True, tag=STATE_FORMAT, gc=False):
     price_currency: str | None
     occurred_at: str | None
     title_digest: str | None
+    held_signals: tuple[str, ...] = ()  # the evasion signals that keep the product blocked (empty: not held)
 
 
 class StoredDecision(msgspec.Struct, array_like=True, tag=STATE_FORMAT, gc=False):
@@ -82,7 +86,7 @@ def stored_policy_version(data: bytes) -> str:
     if data[:1] == b"{":
         return str(orjson.loads(data)["policy_version"])
     return _decode_policy_version(data).policy_version
-_decode_stored = msgspec.json.Decoder(StoredState).decode
+decode_stored_state = msgspec.json.Decoder(StoredState).decode
 _encoder = msgspec.json.Encoder()
 
 
@@ -90,7 +94,8 @@ class ProductState(NamedTuple):
     """What the worker remembers of a product: its decision in force and the facts behind it.
 
     ``facts.title`` is always None (the state keeps only ``title_digest``); ``decided_at_ms`` is
-    when the decision in force was made (epoch milliseconds).
+    when the decision in force was made (epoch milliseconds); ``held_signals`` are the evasion
+    signals that keep the product blocked until released (worker/core/signals.py).
     """
 
     decision: str
@@ -101,12 +106,15 @@ class ProductState(NamedTuple):
     reasons: tuple[str, ...]
     facts: ProductEvent
     title_digest: str | None
+    held_signals: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, decision: Decision, facts: ProductEvent, decided_at_ms: int) -> ProductState:
+    def of(
+        cls, decision: Decision, facts: ProductEvent, decided_at_ms: int, held_signals: tuple[str, ...] = (),
+    ) -> ProductState:
         return cls(
             decision.decision, decision.cluster, decision.cross_border, decision.policy_version, decided_at_ms,
-            decision.reasons, facts._replace(title=None), title_digest(facts.title),
+            decision.reasons, facts._replace(title=None), title_digest(facts.title), held_signals,
         )
 
     @property
@@ -124,7 +132,7 @@ class ProductState(NamedTuple):
             self.decision, facts.product_version, self.cluster, self.cross_border, self.policy_version,
             self.decided_at_ms, self.reasons, facts.event_id, facts.seller_id, facts.seller_country,
             facts.ship_from_country, facts.category_path, facts.category_id, facts.hs_code, facts.price_amount,
-            facts.price_currency, facts.occurred_at, self.title_digest,
+            facts.price_currency, facts.occurred_at, self.title_digest, self.held_signals,
         ))))
 
     @classmethod
@@ -132,7 +140,7 @@ class ProductState(NamedTuple):
         """A stored state of either format (raises ValueError on bytes that are neither)."""
         if data[:1] == b"{":
             return cls._decode_v1(data)
-        stored = _decode_stored(data)
+        stored = decode_stored_state(data)
         facts = ProductEvent(
             stored.event_id, key.decode(), stored.product_version, stored.seller_id, stored.seller_country,
             stored.ship_from_country, stored.category_path, stored.category_id, stored.hs_code, stored.price_amount,
@@ -140,7 +148,7 @@ class ProductState(NamedTuple):
         )
         return cls(
             stored.decision, stored.cluster, stored.cross_border, stored.policy_version, stored.decided_at_ms,
-            stored.reasons, facts, stored.title_digest,
+            stored.reasons, facts, stored.title_digest, stored.held_signals,
         )
 
     @classmethod
@@ -155,12 +163,15 @@ class ProductState(NamedTuple):
 
 
 class Transition(NamedTuple):
-    """A decision with where the product came from; ``state`` is what to store (None: leave it as it is)."""
+    """A decision with where the product came from; ``state`` is what to store (None: leave it as it is);
+    ``signals`` are the evasion signals this event raised (to count; a hold's later decisions repeat them)."""
 
     decision: Decision
     previous_decision: str | None
     changed: bool
     state: ProductState | None
+    signals: tuple[str, ...] = ()
+    policy_decision: str | None = None  # under an override in force: what the policy alone decided (None: it could not)
 
     def record(self, decided_at: str, source: dict[str, Any]) -> dict[str, Any]:
         record = self.decision.record(decided_at, source)
@@ -179,20 +190,49 @@ def _milliseconds(now: float | None) -> int:
     return int((time.time() if now is None else now) * 1000)
 
 
-def decide(event: ProductEvent, policy: Policy, previous: ProductState | None, now: float | None = None) -> Transition:
-    """Decide one event against what is known of its product (raises InvalidEvent when it cannot be decided)."""
+def decide(
+    event: ProductEvent, policy: Policy, previous: ProductState | None, now: float | None = None,
+    staff: Override | None = None,
+) -> Transition:
+    """Decide one event against what is known of its product and the override in force for it (``staff``).
+
+    Raises InvalidEvent when it cannot be decided: the policy cannot price it and no override decides it.
+    """
     if previous is not None and is_stale(event, previous):
         repeated = Decision(
             decision_id(event.event_id, policy.version), event.event_id, event.product_id, event.product_version,
             previous.decision, previous.cross_border, previous.cluster, (STALE_VERSION,), policy.version,
         )
         return Transition(repeated, previous.decision, False, None)
-    decision = classify(event, policy, now)
     previous_decision = previous.decision if previous is not None else None
-    return Transition(
-        decision, previous_decision, previous_decision != decision.decision,
-        ProductState.of(decision, event, _milliseconds(now)),
-    )
+    try:
+        decision = classify(event, policy, now)
+    except InvalidEvent:
+        if staff is None:
+            raise
+        # The override decides what the policy cannot (no price, no exchange rate): no evidence of the policy's.
+        homes = policy.home_countries
+        cross_border = (policy.checks_seller and event.seller_country not in homes) or (
+            policy.checks_ship_from and event.ship_from_country not in homes
+        )
+        decision = Decision(
+            decision_id(event.event_id, policy.version), event.event_id, event.product_id, event.product_version,
+            staff.decision, cross_border, None, (), policy.version,
+        )
+        transition = Transition(decision, previous_decision, False, ProductState.of(decision, event, _milliseconds(now)))
+        return with_override(transition, staff)._replace(policy_decision=None)
+    if previous is None:
+        transition = Transition(decision, None, True, ProductState.of(decision, event, _milliseconds(now)))
+    else:
+        raised: tuple[str, ...] = ()
+        held: tuple[str, ...] = ()
+        if policy.review_signals or previous.held_signals:
+            decision, raised, held = review(previous, event, title_digest(event.title), decision, policy)
+        transition = Transition(
+            decision, previous.decision, previous.decision != decision.decision,
+            ProductState.of(decision, event, _milliseconds(now), held), raised,
+        )
+    return transition if staff is None else with_override(transition, staff)
 
 
 def rescreen(previous: ProductState, policy: Policy, now: float | None = None) -> Transition | None:
@@ -206,10 +246,49 @@ def rescreen(previous: ProductState, policy: Policy, now: float | None = None) -
     if previous.policy_version == policy.version:
         return None
     fresh = classify(previous.facts, policy, now)
+    held: tuple[str, ...] = ()
+    if previous.held_signals:
+        fresh, held = carry_hold(previous.held_signals, fresh, policy)
     decision = fresh._replace(reasons=(POLICY_CHANGE, *fresh.reasons))
     changed = decision.decision != previous.decision
     state = previous._replace(
         decision=decision.decision, cluster=decision.cluster, cross_border=decision.cross_border,
-        policy_version=policy.version, reasons=decision.reasons, decided_at_ms=_milliseconds(now),
+        policy_version=policy.version, reasons=decision.reasons, decided_at_ms=_milliseconds(now), held_signals=held,
     )
     return Transition(decision, previous.decision, changed, state)
+
+
+def with_override(transition: Transition, override: Override) -> Transition:
+    """``transition`` as an override in force makes it: the override's outcome, stored as the decision in force."""
+    decision = overridden(transition.decision, override)
+    changed = transition.previous_decision != decision.decision
+    state = transition.state
+    if state is not None:  # staff decided it: a hold for review ends here too
+        state = state._replace(decision=decision.decision, reasons=decision.reasons, held_signals=())
+    return Transition(
+        decision, transition.previous_decision, changed, state, transition.signals, transition.decision.decision,
+    )
+
+
+def redecide(
+    previous: ProductState, policy: Policy, override: Override | None, ended: Override | None = None,
+    now: float | None = None,
+) -> Transition | None:
+    """A known product decided again because its override changed: set (``override``), or ended (``ended``: the one
+    cleared or expired). None when nothing would change. Raises InvalidEvent when the policy cannot decide the
+    stored facts and no override says what to do."""
+    overridden_now = previous.reasons[:1] == (Reason.MANUAL_OVERRIDE,)
+    if override is None and not overridden_now:
+        return None  # the policy decides it already
+    fresh = classify(previous.facts, policy, now)
+    if override is not None:
+        decision = overridden(fresh, override)
+    else:
+        decision = released(fresh, ended.digest if ended is not None else str(previous.decided_at_ms))
+    if (decision.decision, decision.reasons, policy.version) == (previous.decision, previous.reasons, previous.policy_version):
+        return None  # already so (an override read again after a restart)
+    state = previous._replace(
+        decision=decision.decision, cluster=decision.cluster, cross_border=decision.cross_border,
+        policy_version=policy.version, reasons=decision.reasons, decided_at_ms=_milliseconds(now), held_signals=(),
+    )
+    return Transition(decision, previous.decision, decision.decision != previous.decision, state)

@@ -10,7 +10,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 from mode.services import WaitResults
 
-from worker.kafka import stable_offsets
+from worker.kafka import stable_offsets, unreadable
 from worker.kafka.transactions import TransactionAborted, TransactionGate
 
 READ_COMMITTED = "read_committed"
@@ -72,7 +72,10 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     aiokafka's own request answers, for a moment after a transaction commits,
     with the offsets before it: a worker that committed in its revoke handler and
     sought soon after decided those events again (28 committed duplicates in one
-    CI run).
+    CI run). An open transaction holds that answer back for up to its timeout:
+    the wait is bounded, logged and told to the transport's ``on_offsets_wait``;
+    at the bound the seek fails (exactly_once), or goes on from the plain
+    committed offsets (at_least_once).
 
     aiokafka's ``seek_to_committed`` leaves a partition with no committed offset
     (or offset 0) where its fetches left it. Right after a rebalance that can be
@@ -95,6 +98,14 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # noqa: SLF001 - read by AIOKafkaConsumer.start for its Fetcher
         if not self.consumer.in_transaction:  # exactly_once is read_committed already
             consumer._isolation_level = transport.isolation_level  # noqa: SLF001 - likewise
+        batches = transport.unreadable
+
+        def stop_partition(tp: TP, offset: int, error: BaseException) -> None:
+            consumer.pause(tp)  # no more fetches of a batch that cannot be read; Faust's next resume tries again
+            batches.met(tp, offset, error)
+
+        for topic in transport.watched_topics:
+            unreadable.watch(topic, stop_partition)
         return consumer
 
     def consumed_positions(self, is_changelog: Callable[[TP], bool]) -> dict[TP, int]:
@@ -130,7 +141,13 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     async def _seek_to_committed(self) -> Mapping[TP, int | None]:
         consumer = self._ensure_consumer()
-        committed = await stable_offsets.committed_offsets(consumer, consumer.assignment())
+        faust_consumer = self.consumer
+        committed = await stable_offsets.committed_offsets(
+            consumer, consumer.assignment(),
+            # A stale committed offset means events decided again: at_least_once's deal, never exactly_once's.
+            fall_back=not faust_consumer.in_transaction,
+            observe=faust_consumer.transport.on_offsets_wait,  # type: ignore[attr-defined]
+        )
         for tp, offset in committed.items():
             if offset is not None:
                 consumer.seek(tp, offset)
@@ -179,6 +196,8 @@ class Consumer(faust_aiokafka.Consumer):
         self._consumed_to: dict[TP, int] = {}
         # Told which partitions' offsets (and, under exactly_once, transactions) a commit made durable.
         self.on_committed: Callable[[set[TP]], None] | None = None
+        # Per changelog partition, the first and last offset the last fetch returned (``getmany``).
+        self._fetched_changelog: dict[TP, tuple[int, int]] = {}
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -264,6 +283,15 @@ class Consumer(faust_aiokafka.Consumer):
 
         Changelog records always go on: no seek to the committed offsets moves
         their partitions, and a standby table that missed some would stay without them.
+        Faust's own ``getmany`` stops handing records over when the flow stops or
+        the generation changes under it, after aiokafka has moved its positions
+        past the whole fetch; stream partitions are sought back before the flow
+        resumes, changelog partitions never were: a standby then went on from the
+        end of that fetch, without the records before it, and the worker taking
+        its partition over recovered only from there (products decided with no
+        state; seen in the exactly-once rebalance test). So a changelog partition
+        whose fetched records were not all handed over is sought back to the first
+        one that was not.
 
         Each call starts once the drain loop has handed over everything the last
         one returned, so aiokafka's positions then bound what was read
@@ -277,6 +305,8 @@ class Consumer(faust_aiokafka.Consumer):
         handed_over = self._handed_over  # once the flow stops, this batch's hand-overs go to a dict nobody reads
         is_changelog = self._is_changelog_tp
         overlapped = unsought = 0
+        self._fetched_changelog = {}
+        changelog_next: dict[TP, int] = {}  # per changelog partition, one past the last record handed over
         batch = super().getmany(timeout)
         try:
             async for tp, message in batch:
@@ -289,9 +319,12 @@ class Consumer(faust_aiokafka.Consumer):
                     else:
                         overlapped += 1
                     continue
+                if is_changelog(tp):
+                    changelog_next[tp] = message.offset + 1
                 yield tp, message
         finally:
             await batch.aclose()  # type: ignore[attr-defined]
+            self._read_changelog_again(changelog_next)
         if unsought or overlapped:
             self._consumed_to = {}  # positions past records nobody read
         if unsought:
@@ -312,6 +345,33 @@ class Consumer(faust_aiokafka.Consumer):
         if did_commit and self.on_committed is not None:
             self.on_committed(committable)
         return did_commit
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        records, active_partitions = await super()._wait_next_records(timeout)
+        self._note_fetched(records)
+        return records, active_partitions
+
+    def _note_fetched(self, records: Mapping[TP, Any] | None) -> None:
+        is_changelog = self._is_changelog_tp
+        self._fetched_changelog = {
+            tp: (messages[0].offset, messages[-1].offset)
+            for tp, messages in (records or {}).items() if messages and is_changelog(tp)
+        }
+
+    def _read_changelog_again(self, handed_over_to: Mapping[TP, int]) -> None:
+        """Seek back the changelog partitions whose fetched records Faust did not all hand over (``getmany``)."""
+        fetched, self._fetched_changelog = self._fetched_changelog, {}
+        if not fetched:
+            return
+        assignment = self.assignment()
+        for tp, (first, last) in fetched.items():
+            next_offset = handed_over_to.get(tp, first)
+            if next_offset <= last and tp in assignment:
+                self._thread.seek(tp, next_offset)
+                self.log.info(
+                    "Reading %s[%d] again from %d: the fetch up to %d was not handed to the tables",
+                    tp.topic, tp.partition, next_offset, last,
+                )
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         if not self.in_transaction:
@@ -395,10 +455,20 @@ class Consumer(faust_aiokafka.Consumer):
 
 
 class Transport(faust_aiokafka.Transport):
-    """Faust's aiokafka transport with the consumer above, reading its input at ``isolation_level``."""
+    """Faust's aiokafka transport with the consumer above, reading its input at ``isolation_level``.
+
+    A batch of one of ``watched_topics`` that cannot be read stops only its
+    partition (``worker/kafka/unreadable.py``), and ``unreadable`` tells which.
+    """
 
     Consumer = Consumer
 
-    def __init__(self, *args: Any, isolation_level: str = READ_COMMITTED, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, isolation_level: str = READ_COMMITTED, watched_topics: tuple[str, ...] = (),
+        on_offsets_wait: stable_offsets.WaitObserver | None = None, **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.isolation_level = isolation_level
+        self.watched_topics = watched_topics
+        self.unreadable = unreadable.UnreadableBatches()
+        self.on_offsets_wait = on_offsets_wait  # told how each wait for stable committed offsets ended

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from worker.core.errors import ComplianceError
 from worker.kafka.security import KafkaSecurityError, client_options, security_problem
@@ -66,6 +66,18 @@ async def ensure_topics(
             except TopicAlreadyExistsError:
                 pass  # another worker created it first
         partitions = await partition_counts(admin, wanted, timeout)
+        repartition = settings.repartition_topic
+        if repartition is not None:
+            if repartition not in existing:
+                # As many partitions as the input had when it was made; the input may grow later, this one never does.
+                try:
+                    await admin.create_topics([
+                        NewTopic(repartition, partitions[settings.input_topic], settings.topic_replication_factor)
+                    ])
+                except TopicAlreadyExistsError:
+                    pass
+                missing.append(repartition)
+            partitions.update(await partition_counts(admin, [repartition], timeout))
         if changelog is not None and changelog in existing:
             partitions.update(await partition_counts(admin, [changelog], timeout))
         return EnsuredTopics(partitions, missing, await max_message_bytes(admin, settings.dead_letter_topic, timeout))
@@ -105,3 +117,25 @@ async def max_message_bytes(admin: AIOKafkaAdminClient, topic: str, timeout: flo
             errors = ", ".join(f"{resource[0]} {resource[1] or ''}".strip() for resource in resources) or "no answer"
             raise BrokerUnavailable(f"cannot read max.message.bytes of topic {topic} after {timeout:.0f}s: {errors}")
         await asyncio.sleep(0.2)
+
+
+async def ensure_compacted_topic(
+    admin: AIOKafkaAdminClient, topic: str, partitions: int, replication_factor: int,
+) -> bool:
+    """Create a compacted topic if it is missing (keyed state such as overrides); True when this call created it."""
+    if topic in set(await admin.list_topics()):
+        return False
+    try:
+        response = await admin.create_topics([
+            NewTopic(topic, partitions, replication_factor, topic_configs={"cleanup.policy": "compact"})
+        ])
+    except TopicAlreadyExistsError:
+        return False
+    for topic_error in response.topic_errors:  # the broker answers per topic, not with an exception
+        code = topic_error[1]
+        if code == TopicAlreadyExistsError.errno:
+            return False
+        if code:
+            message = topic_error[2] if len(topic_error) > 2 and topic_error[2] else for_code(code).__name__
+            raise BrokerUnavailable(f"cannot create topic {topic}: {message}")
+    return True

@@ -8,7 +8,7 @@ import logging
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,23 +16,28 @@ import faust
 from aiohttp.web import Response
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.sensors.prometheus import FaustMetrics
+from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from worker import __version__
 from worker.core import Policy, load_bundled_policy, load_policy_file
-from worker.kafka import backoff, buffer
+from worker.kafka import backoff, buffer, unreadable
 from worker.kafka.consumer import Consumer, Transport
 from worker.kafka.monitor import PrometheusMonitor
 from worker.kafka.probe import BrokerProbe
 from worker.kafka.schema import RawSchema
 from worker.kafka.security import client_options, faust_credentials, scrub_logs
 from worker.kafka.stores import MemoryStore, RocksDBStore, StateDirInUse, StateTable, lock_state_dir
-from worker.kafka.topics import PartitionsMismatch, ensure_topics
+from worker.kafka.supervisor import supervisor_telling
+from worker.kafka.topics import PartitionsMismatch, ensure_compacted_topic, ensure_topics
+from worker.kafka.whole_topic import WholeTopic
 from worker.settings import Settings, SettingsError
 from worker.stream import health, memory
-from worker.stream.agent import register_agent
+from worker.stream.agent import register_agents
 from worker.stream.lifecycle import PolicyLifecycle
 from worker.stream.logs import logging_config
+from worker.stream.lookup import ROUTED_HEADER, ProductLookup
+from worker.stream.overrides import Change, OverrideBook, OverrideKeeper
 from worker.stream.metrics import ComplianceMetrics, StateHeld, TopicPartitionOffsets
 from worker.stream.policy_source import PolicySource, ensure_policy_topic, replay
 from worker.stream.processing import DEAD_LETTER_MAX_BYTES, Processor
@@ -85,10 +90,12 @@ def migration_topic(settings: Settings) -> str:
 
 def check_partitions(settings: Settings, partitions: dict[str, int], changelog: str) -> None:
     """Refuse to start when a product's state would not be where its events arrive (the input grew, say)."""
-    inputs, states = partitions[settings.input_topic], partitions.get(changelog)
+    topic = settings.state_topic
+    inputs, states = partitions[topic], partitions.get(changelog)
     if states is not None and states != inputs:
+        what = "the input" if topic == settings.input_topic else "the repartition topic"
         raise PartitionsMismatch(
-            f"the input {settings.input_topic} has {inputs} partitions but the state changelog {changelog} has "
+            f"{what} {topic} has {inputs} partitions but the state changelog {changelog} has "
             f"{states}: each product's state would be looked for on the wrong partition. Stop every worker of "
             f"{settings.app_id} and follow docs/operations.md#growing-the-input (compliance-worker state migrate)"
         )
@@ -98,13 +105,13 @@ def load_policy(settings: Settings) -> Policy:
     return load_policy_file(settings.policy_file) if settings.policy_file else load_bundled_policy()
 
 
-def _consumer_offsets(app: faust.App, topic: str) -> TopicPartitionOffsets:
+def _consumer_offsets(app: faust.App, topics: set[str]) -> TopicPartitionOffsets:
     consumer = app.consumer
     committed = consumer._committed_offset  # noqa: SLF001 - Faust keeps no public accessor
     return {
         (tp.topic, tp.partition): (consumer.highwater(tp), committed.get(tp))
         for tp in consumer.assignment()
-        if tp.topic == topic
+        if tp.topic in topics
     }
 
 
@@ -124,11 +131,14 @@ def _standby_lag(app: faust.App, table: faust.Table) -> dict[int, int]:
 
 def create_app(
     settings: Settings, policy: Policy, registry: CollectorRegistry | None = None, *,
-    input_partitions: int | None = None, policy_offsets: dict[int, int] | None = None,
-    dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
+    state_partitions: int | None = None, policy_offsets: dict[int, int] | None = None,
+    dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES, overrides: OverrideBook | None = None,
+    override_offsets: dict[int, int] | None = None, cleared_overrides: list[Change] | None = None,
 ) -> faust.App:
     """The Faust app with its topics, state table, agent, metrics and web views; nothing is started."""
     registry = registry if registry is not None else CollectorRegistry()
+    metrics = ComplianceMetrics.create(registry)
+    agent_restarts = health.AgentRestarts(metrics.agent_restarts)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
@@ -140,12 +150,16 @@ def create_app(
         topic_replication_factor=settings.topic_replication_factor,
         web_port=settings.worker_web_port,
         web_bind=settings.worker_web_host,
-        web_host=settings.worker_web_host if settings.worker_web_host != "0.0.0.0" else "localhost",
+        # The URL the other workers of the group reach this one at (Faust's canonical_url, shared in the assignment).
+        web_host=settings.worker_web_advertised_host or (
+            settings.worker_web_host if settings.worker_web_host != "0.0.0.0" else socket.gethostname()
+        ),
         web_in_thread=False,
         datadir=state_path(settings),
         tabledir=state_path(settings),
         table_standby_replicas=settings.table_standby_replicas,
         autodiscover=False,
+        agent_supervisor=supervisor_telling(agent_restarts.restarted),
         producer_acks=-1,
         # Decisions, dead letters and the state changelog alike: one producer, and the outbox builds its batches from it.
         producer_compression_type=None if settings.kafka_compression_type == "none" else settings.kafka_compression_type,
@@ -161,19 +175,25 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         producer_max_request_size=dead_letter_max_bytes,  # a dead letter is larger than its input (base64)
     )
-    app.transport = Transport(app.conf.broker_consumer, app, isolation_level=settings.kafka_isolation_level)
+    app.transport = Transport(
+        app.conf.broker_consumer, app, isolation_level=settings.kafka_isolation_level,
+        watched_topics=tuple(dict.fromkeys((settings.input_topic, settings.state_topic, changelog_topic(settings)))),
+        on_offsets_wait=metrics.offsets_waited,
+    )
+    stopped_at = app.transport.unreadable
     buffer.use_byte_bounded_buffers(app, STREAM_BUFFER_MAX_BYTES)
-    metrics = ComplianceMetrics.create(registry)
     monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "faust"))
     app.monitor = monitor
-    metrics.watch_consumer(lambda: _consumer_offsets(app, settings.input_topic))
+    metrics.watch_consumer(lambda: _consumer_offsets(app, {settings.input_topic, settings.state_topic}))
     metrics.set_policy(policy.version, policy.digest, time.time())
+    stopped_at.on_new = lambda found: metrics.unreadable_batches.labels(found.topic, str(found.partition)).inc()
+    metrics.watch_unreadable(stopped_at.now)
 
     # Per-product decision state, co-partitioned with the input (same partition count), changelog-backed.
     table = app.tables.add(StateTable(
         app, name=STATE_TABLE, beacon=app.tables.beacon, store_factory=store_factory(settings),
         schema=RawSchema(key_serializer="raw", value_serializer="raw"),
-        partitions=input_partitions or settings.topic_partitions,
+        partitions=state_partitions or settings.topic_partitions,
     ))
     store = TableStateStore(table, table.data)
     table.data.on_restored = lambda role, records: metrics.state_restored.labels(role).inc(records)
@@ -182,32 +202,46 @@ def create_app(
     metrics.watch_state(lambda: StateHeld(
         table.data.held(), getattr(table.data, "cache_bytes", lambda: None)(), _standby_lag(app, table),
     ))
-    runtime = Runtime(settings, Processor(policy, store, dead_letter_max_bytes), metrics, store)
+    book = overrides if overrides is not None else OverrideBook()
+    runtime = Runtime(settings, Processor(policy, store, dead_letter_max_bytes, book), metrics, store)
+    metrics.overrides_active.set(book.active(time.time()))
+    for decision in ("allow", "block"):
+        metrics.override_decisions.labels(decision)  # both series exist from the start
     app.compliance = runtime  # type: ignore[attr-defined]
 
     topic_options: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
     input_topic = app.topic(settings.input_topic, schema=RawSchema(), **topic_options)
     decisions_topic = app.topic(settings.decisions_topic, **topic_options)
     dead_letter_topic = app.topic(settings.dead_letter_topic, **topic_options)
-    register_agent(app, runtime, input_topic, decisions_topic, dead_letter_topic, BATCH_MAX)
+    repartition_topic = (
+        app.topic(settings.repartition_topic, schema=RawSchema(), **topic_options) if settings.repartition_topic else None
+    )
+    register_agents(app, runtime, input_topic, decisions_topic, dead_letter_topic, BATCH_MAX, repartition_topic)
 
-    lifecycle = PolicyLifecycle(app, runtime, store, settings.decisions_topic, settings.input_topic, policy_offsets)
+    lifecycle = PolicyLifecycle(app, runtime, store, settings.decisions_topic, settings.state_topic, policy_offsets)
     app.task(lifecycle.follow_policies)
     app.task(lifecycle.rescreen_forever)
+    keeper = OverrideKeeper(app, runtime, store, book, lifecycle.redecider, settings.state_topic, override_offsets)
+    keeper.remember_cleared(cleared_overrides or [])
+    app.task(keeper.follow)
+    app.task(keeper.expire_forever)
+    app.task(keeper.reconcile_forever)
 
     @app.on_partitions_revoked.connect
     async def forget_unstored_changes(sender: faust.App, revoked: set[Any], **kwargs: Any) -> None:
         # Events of revoked partitions not yet acked are read again (here or elsewhere): so are their state changes.
-        store.forget(tp.partition for tp in revoked if tp.topic == settings.input_topic)
+        store.forget(tp.partition for tp in revoked if tp.topic == settings.state_topic)
 
     @app.on_partitions_assigned.connect
     async def own_assigned_partitions(sender: faust.App, assigned: set[Any], **kwargs: Any) -> None:
-        store.own(tp.partition for tp in assigned if tp.topic == settings.input_topic)
+        store.own(tp.partition for tp in assigned if tp.topic == settings.state_topic)
+        stopped_at.forget(lambda topic, partition: TP(topic, partition) in assigned)  # another worker's now
 
     @app.on_rebalance_complete.connect
     async def rescreen_after_recovery(sender: faust.App, **kwargs: Any) -> None:
-        # Recovered state may have been decided under an older policy.
+        # Recovered state may have been decided under an older policy, or before an override changed.
         lifecycle.request_rescreen()
+        keeper.request_reconcile()
 
     probe = BrokerProbe(app)
 
@@ -225,24 +259,45 @@ def create_app(
             "policy_version": runtime.policy.version,
         })
 
+    lookup = ProductLookup(app, runtime, store, settings.state_topic, table.changelog_topic_name)
+
+    @app.page("/products/{product_id}")
+    async def product(web: faust.web.View, request: faust.web.Request, product_id: str) -> faust.web.Response:
+        status, body = await lookup.answer(product_id, ROUTED_HEADER in request.headers)
+        return web.json(body, status=status)
+
     @app.page("/readyz")
     async def readyz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        assigned = sorted(
-            tp.partition for tp in app.consumer.assignment() if tp.topic == settings.input_topic
+        stopped = stopped_at.now()
+        observed = health.Observed(
+            broker_reachable=await probe.reachable(),
+            recovered=app.tables.recovery.completed.is_set(),  # set by every recovery's end, never cleared
+            seconds_since_agent_restart=agent_restarts.seconds_since_last(),
+            assigned_partitions=sorted(
+                tp.partition for tp in app.consumer.assignment() if tp.topic == settings.input_topic
+            ),
+            rebalancing=bool(app.rebalancing),
+            recovering=bool(app.tables.recovery.in_recovery),
+            unreadable=bool(stopped),
         )
-        broker = await probe.reachable()
-        rebalancing = bool(app.rebalancing)
-        reasons = health.readiness(assigned, broker, rebalancing)
-        ready = not reasons
+        verdict = health.readiness(observed)
         body = {
-            "ready": ready,
-            "reasons": reasons,
-            "assigned_partitions": assigned,
-            "broker_reachable": broker,
-            "rebalancing": rebalancing,
+            "ready": verdict.ready,
+            "reasons": verdict.reasons,
+            "notes": verdict.notes,
+            "assigned_partitions": observed.assigned_partitions,
+            "standby_partitions": sorted(
+                tp.partition for tp in app.assignor.assigned_standbys() if tp.topic == table.changelog_topic_name
+            ),
+            "broker_reachable": observed.broker_reachable,
+            "recovered": observed.recovered,
+            "rebalancing": observed.rebalancing,
+            "recovering": observed.recovering,
+            "agent_restarts": agent_restarts.count,
             "policy_version": runtime.policy.version,
+            "unreadable": [found._asdict() for found in stopped],
         }
-        return web.json(body, status=200 if ready else 503)
+        return web.json(body, status=200 if verdict.ready else 503)
 
     return app
 
@@ -253,10 +308,13 @@ class Prepared:
 
     policy: Policy
     policy_origin: str
-    input_partitions: int
+    state_partitions: int  # of the topic the state follows (the input, or the repartition topic)
     policy_offsets: dict[int, int]  # where the policy topic was read to: following continues there
     notes: list[tuple[int, str, dict[str, Any]]]  # log records to emit after the start line
     dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES  # what the dead-letter topic accepts
+    overrides: OverrideBook = field(default_factory=OverrideBook)  # as the overrides topic says at start
+    override_offsets: dict[int, int] | None = None  # where following the overrides topic continues
+    cleared_overrides: list[Change] = field(default_factory=list)  # tombstones read at start
 
 
 async def prepare(settings: Settings, fallback: Policy) -> Prepared:
@@ -287,6 +345,10 @@ async def prepare(settings: Settings, fallback: Policy) -> Prepared:
         created_policy_topic, warnings = await ensure_policy_topic(
             admin, settings.policy_topic, settings.topic_replication_factor
         )
+        if await ensure_compacted_topic(
+            admin, settings.overrides_topic, settings.topic_partitions, settings.topic_replication_factor,
+        ):
+            notes.append((logging.INFO, f"created overrides topic {settings.overrides_topic}", {"event": "topics_created"}))
     finally:
         await admin.close()
     if created_policy_topic:
@@ -309,7 +371,26 @@ async def prepare(settings: Settings, fallback: Policy) -> Prepared:
         origin = f"topic {settings.policy_topic}"
     else:
         origin = str(settings.policy_file) if settings.policy_file else "the bundled policy"
-    return Prepared(policy, origin, partitions[settings.input_topic], source.end_offsets, notes, dead_letter_max_bytes)
+    # The overrides, read to the end before any event is decided: an overridden product is never decided without.
+    overrides = WholeTopic(settings.bootstrap_servers, settings.overrides_topic, client_options(settings))
+    try:
+        override_records = await overrides.start()
+    finally:
+        await overrides.stop()
+    book = OverrideBook()
+    cleared = []
+    for record in override_records:
+        change, rejected = book.apply(record)
+        if rejected is not None:
+            notes.append((
+                logging.WARNING, f"ignoring override {settings.overrides_topic}[{record.partition}]@{record.offset} "
+                f"for {change.key.decode(errors='replace')}: {rejected}", {"event": "override_rejected"},
+            ))
+        cleared.append(change)
+    return Prepared(
+        policy, origin, partitions[settings.state_topic], source.end_offsets, notes, dead_letter_max_bytes,
+        book, overrides.end_offsets, [change for change in cleared if change.override is None],
+    )
 
 
 def hold_state_dir(settings: Settings) -> None:
@@ -348,6 +429,7 @@ def run_worker(settings: Settings) -> int:
 
     ensure_port_free(settings.worker_web_host, settings.worker_web_port)
     backoff.install()  # before any client exists: an unreachable broker must not be retried in a busy loop
+    unreadable.install()  # a batch the worker cannot read stops its partition, not the worker
     memory.keep_large_blocks_out_of_the_heap()  # large messages must not leave RSS high after they are gone
     policy = load_policy(settings)  # a bad policy file stops here, before anything connects
     client_options(settings)  # so do unusable certificate or key files
@@ -363,8 +445,9 @@ def run_worker(settings: Settings) -> int:
         aiokafka_log.setLevel(level)
     policy = prepared.policy
     app = create_app(
-        settings, policy, input_partitions=prepared.input_partitions, policy_offsets=prepared.policy_offsets,
-        dead_letter_max_bytes=prepared.dead_letter_max_bytes,
+        settings, policy, state_partitions=prepared.state_partitions, policy_offsets=prepared.policy_offsets,
+        dead_letter_max_bytes=prepared.dead_letter_max_bytes, overrides=prepared.overrides,
+        override_offsets=prepared.override_offsets, cleared_overrides=prepared.cleared_overrides,
     )
     log.info(
         "compliance-worker %s starting: broker %s, input %s, decisions %s, dead letters %s, "

@@ -5,20 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, cast
 
 import faust
-import orjson
 
 from worker.core import InvalidEvent, Policy
 from worker.core.clock import format_timestamp
-from worker.core.state import ProductState, rescreen, stored_policy_version
-from worker.kafka.consumer import Consumer
+from worker.core.overrides import override_record
+from worker.core.state import ProductState, rescreen, stored_policy_version, with_override
 from worker.kafka.security import client_options
-from worker.kafka.transactions import Transactions
 from worker.stream.policy_source import PolicyRecord, PolicySource, judge
+from worker.stream.redecide import Judge, Redecided, Redecider
 from worker.stream.runtime import Runtime
-from worker.stream.state_store import TableStateStore, Write, changelog_offsets
+from worker.stream.state_store import TableStateStore
 
 log = logging.getLogger("worker.policy")
 
@@ -36,7 +34,7 @@ class PolicyLifecycle:
         self.store = store
         self.decisions_topic = decisions_topic
         self.input_topic = input_topic
-        self.transactions = Transactions(app, input_topic)
+        self.redecider = Redecider(app, store, decisions_topic, input_topic)
         self._rescreen_wanted: asyncio.Event | None = None
 
     # --- policy updates ---------------------------------------------------------------
@@ -145,46 +143,24 @@ class PolicyLifecycle:
             },
         )
 
-    async def _rescreen_chunk(
-        self, partition: int, chunk: list[tuple[bytes, bytes]], policy: Policy,
-    ) -> tuple[int, int]:
+    async def _rescreen_chunk(self, partition: int, chunk: list[tuple[bytes, bytes]], policy: Policy) -> tuple[int, int]:
         """Re-screen one chunk; counted (compliance_rescreened_products_total) once its output is acknowledged, and
         under exactly_once once it is committed, so a reader who sees the count sees the decisions too."""
-        if not self.app.in_transaction:
-            changed, unchanged, writes, sent = await self._rescreen_chunk_sends(partition, chunk, policy, None)
-            self.store.durable(writes, changelog_offsets(sent))
-            self._count_rescreened(changed, unchanged)
-            return changed, unchanged
-        # Under exactly_once the chunk's decisions and state changes go into the transaction of its partition and
-        # are committed before live batches go on (they wait at the gate meanwhile).
-        consumer = cast(Consumer, self.app.consumer)
-        async with consumer.gate.exclusive():
-            try:
-                changed, unchanged, writes, sent = await self._rescreen_chunk_sends(
-                    partition, chunk, policy, self.transactions
-                )
-                await consumer.commit_transactions([self.transactions.transactional_id(partition)])
-            except BaseException as exc:
-                consumer.gate.fail(exc)  # half a chunk is in the open transaction: it must never commit
-                raise
-        self.store.durable(writes, changelog_offsets(sent))
-        self._count_rescreened(changed, unchanged)
-        return changed, unchanged
-
-    def _count_rescreened(self, changed: int, unchanged: int) -> None:
+        stored = await self.redecider.chunk(partition, chunk, self._rescreen_judge(policy))
+        changed = sum(1 for _, outcome in stored if outcome.changed)
+        unchanged = len(stored) - changed
         self.runtime.metrics.rescreened.labels("changed").inc(changed)
         self.runtime.metrics.rescreened.labels("unchanged").inc(unchanged)
+        return changed, unchanged
 
-    async def _rescreen_chunk_sends(
-        self, partition: int, chunk: list[tuple[bytes, bytes]], policy: Policy, transactions: Transactions | None,
-    ) -> tuple[int, int, list[Write], list[tuple[int, Any, int]]]:
+    def _rescreen_judge(self, policy: Policy) -> Judge:
         now = time.time()
         decided_at = format_timestamp(now)
-        decided = []
-        deliveries = []
-        for key, data in chunk:
+        overrides = self.runtime.overrides
+
+        def judge(key: bytes, data: bytes) -> Redecided | None:
             if stored_policy_version(data) == policy.version:
-                continue
+                return None
             state = ProductState.decode(key, data)
             try:
                 transition = rescreen(state, policy, now)
@@ -196,39 +172,19 @@ class PolicyLifecycle:
                     policy.version, exc.code, exc.message,
                     extra={"event": "rescreen_undecidable", "code": str(exc.code)},
                 )
-                decided.append((key, data, state._replace(policy_version=policy.version).encode(), False))
-                continue
+                return Redecided(None, state._replace(policy_version=policy.version).encode(), False)
             if transition is None or transition.state is None:
-                continue
+                return None
+            override = overrides.in_force(key, now)
+            if override is not None:  # staff decided this product: a new policy does not change that
+                transition = with_override(transition, override)
+            record = None
             if transition.changed:
                 record = transition.record(decided_at, {
                     "rescreen": {"from_policy_version": state.policy_version, "to_policy_version": policy.version},
                 })
-                value = orjson.dumps(record)
-                deliveries.append(await (
-                    transactions.send(partition, self.decisions_topic, key, value) if transactions is not None
-                    else self.app.producer.send(self.decisions_topic, key, value, None, None, None)
-                ))
-            decided.append((key, data, transition.state.encode(), transition.changed))
-        # Decisions are acknowledged before the state says "re-screened": a crash in between re-screens again.
-        await asyncio.gather(*deliveries)
-        changed = unchanged = 0
-        writes = []
-        for key, old, new, did_change in decided:
-            if self.store.get(key, partition) != old:
-                continue  # a live event decided this product meanwhile, under the same policy
-            writes.append(self.store.stage_write(key, new, partition))
-            if did_change:
-                changed += 1
-            else:
-                unchanged += 1
-        # Its own changelog records, not the live batch's: those are sent and awaited with their batch.
-        send = transactions.send_to_own_partition if transactions is not None else self.app.producer.send
-        try:
-            deliveries = await self.store.send(writes, send)
-            await asyncio.gather(*deliveries)
-        except BaseException:
-            self.store.discard(writes)
-            raise
-        sent = [(write[0], delivery, 1) for write, delivery in zip(writes, deliveries)]
-        return changed, unchanged, writes, sent
+                if override is not None:
+                    record["override"] = override_record(override, transition.decision.decision)
+            return Redecided(record, transition.state.encode(), transition.changed)
+
+        return judge

@@ -7,17 +7,22 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 from prometheus_client.registry import Collector
+
+from worker.core.classify import SIGNAL_CODES
+from worker.core.errors import ErrorCode
 
 # Event consumed -> decision acknowledged by the broker: milliseconds when healthy, seconds when not.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # One garbage-collector pass: tens of microseconds for the youngest generation, up to hundreds of milliseconds for
 # a full pass over a large heap, which is what shows up in the latency tail.
 GC_PAUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+POLICY_REJECTION_REASONS = ("invalid", "version_reused")  # compliance_policy_rejected_total{reason}
+RESCREEN_RESULTS = ("changed", "unchanged")  # compliance_rescreened_products_total{result}
 # (topic, partition) -> (high watermark, committed offset); either is None until first known.
 TopicPartitionOffsets = Mapping[tuple[str, int], tuple[int | None, int | None]]
 
@@ -103,6 +108,26 @@ class StateCollector(Collector):
         return []
 
 
+class UnreadableCollector(Collector):
+    """Where partitions stopped at a batch the worker cannot read: present only while one is stopped."""
+
+    def __init__(self, read_stopped: Callable[[], Iterable[Any]]) -> None:
+        self._read_stopped = read_stopped
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "compliance_unreadable_batch_offset",
+            "The offset a partition stopped at because its batch cannot be read (present only while stopped)",
+            labels=["topic", "partition"],
+        )
+        for found in self._read_stopped():
+            family.add_metric([found.topic, str(found.partition)], found.offset)
+        yield family
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
+
 class BatchHistogram(Collector):
     """A Prometheus histogram fed a batch at a time: one bisect per value, no lock, no per-value call chain.
 
@@ -182,6 +207,7 @@ class ComplianceMetrics:
     decisions: Counter
     dead_letters: Counter
     tombstones: Counter
+    review_signals: Counter
     latency: BatchHistogram
     policy_info: Gauge
     policy_loaded: Gauge
@@ -191,6 +217,14 @@ class ComplianceMetrics:
     rescreen_pending: Gauge
     rescreen_duration: Gauge
     state_restored: Counter
+    unreadable_batches: Counter
+    repartitioned: Counter
+    overrides_active: Gauge
+    overrides_rejected: Counter
+    override_decisions: Counter
+    agent_restarts: Counter
+    offsets_waits: Counter
+    offsets_wait_seconds: Counter
     gc_pauses: GcPauses
 
     @classmethod
@@ -199,6 +233,12 @@ class ComplianceMetrics:
         # and an own registry does not get them by default.
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
+        review_signals = Counter(
+            "compliance_review_signals", "Review signals raised by events, by reason code (a held product's later "
+            "decisions repeat its signal and are not counted)", ["signal"], registry=registry,
+        )
+        for code in SIGNAL_CODES:
+            review_signals.labels(code)  # every series from the start: alert rules and dashboards see 0, not nothing
         return cls(
             registry=registry,
             decisions=Counter(
@@ -213,6 +253,7 @@ class ComplianceMetrics:
                 "compliance_tombstones", "Tombstones (product removed) forwarded to the decisions topic",
                 registry=registry,
             ),
+            review_signals=review_signals,
             latency=BatchHistogram(
                 "compliance_decision_latency_seconds",
                 "Event consumed by the worker -> decision acknowledged by the broker",
@@ -252,16 +293,77 @@ class ComplianceMetrics:
                 "partition's events are decided; standby: keeping a copy up to date)",
                 ["role"], registry=registry,
             ),
+            unreadable_batches=Counter(
+                "compliance_unreadable_batches",
+                "Fetched batches the worker could not read (corrupt, or a codec it lacks), each counted once: its "
+                "partition stopped there",
+                ["topic", "partition"], registry=registry,
+            ),
+            repartitioned=Counter(
+                "compliance_repartitioned_events",
+                "Input events sent on to the repartition topic keyed by their product id (KEY_MISMATCH=repartition)",
+                registry=registry,
+            ),
+            overrides_active=Gauge(
+                "compliance_overrides_active", "Overrides in force (not expired) on the overrides topic, as this worker read it",
+                registry=registry,
+            ),
+            overrides_rejected=Counter(
+                "compliance_overrides_rejected",
+                "Override documents on the overrides topic that were not valid (the product then has no override)",
+                registry=registry,
+            ),
+            override_decisions=Counter(
+                "compliance_override_decisions",
+                "Decisions an override in force made (first reason MANUAL_OVERRIDE), by decision",
+                ["decision"], registry=registry,
+            ),
+            agent_restarts=Counter(
+                "compliance_agent_restarts",
+                "Restarts of the decide agent after it crashed (a failed delivery, a bug): each makes /readyz 503 "
+                "for a while (agent_restarting)",
+                registry=registry,
+            ),
+            offsets_waits=Counter(
+                "compliance_committed_offsets_waits",
+                "Seeks that had to wait for the group's committed offsets (an open transaction's, a coordinator "
+                "moving), by how the wait ended: answered, fell_back (at_least_once, at the bound: the offsets "
+                "before the open transaction's), timed_out (the seek and the rebalance fail)",
+                ["outcome"], registry=registry,
+            ),
+            offsets_wait_seconds=Counter(
+                "compliance_committed_offsets_wait_seconds",
+                "Seconds seeks spent waiting for the group's committed offsets",
+                registry=registry,
+            ),
             gc_pauses=GcPauses(registry),
-        )
+        ).with_every_series()
+
+    def with_every_series(self) -> ComplianceMetrics:
+        """Each labelled counter's series of every known label value, at 0 from the start: an absent series
+        breaks alert rules (increase() cannot see a series that appears with its first increment) and dashboards."""
+        for code in ErrorCode:
+            self.dead_letters.labels(code.value)
+        for reason in POLICY_REJECTION_REASONS:
+            self.policy_rejected.labels(reason)
+        for result in RESCREEN_RESULTS:
+            self.rescreened.labels(result)
+        return self
 
     def set_policy(self, version: str, digest: str, loaded_at: float) -> None:
         self.policy_info.clear()
         self.policy_info.labels(version=version, digest=digest[:12]).set(1)
         self.policy_loaded.set(loaded_at)
 
+    def offsets_waited(self, outcome: str, seconds: float) -> None:
+        self.offsets_waits.labels(outcome).inc()
+        self.offsets_wait_seconds.inc(seconds)
+
     def watch_consumer(self, read_offsets: Callable[[], TopicPartitionOffsets]) -> None:
         self.registry.register(ConsumerLagCollector(read_offsets))
 
     def watch_state(self, read_state: Callable[[], StateHeld]) -> None:
         self.registry.register(StateCollector(read_state))
+
+    def watch_unreadable(self, read_stopped: Callable[[], Iterable[Any]]) -> None:
+        self.registry.register(UnreadableCollector(read_stopped))

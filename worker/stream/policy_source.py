@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from worker.core import ComplianceError, InvalidPolicy, Policy
 from worker.core.policy import parse_policy_bytes
+from worker.kafka.whole_topic import TopicRecord, WholeTopic
 
 log = logging.getLogger("worker.policy")
 
 COMPACTED = {"cleanup.policy": "compact"}
-METADATA_WAIT_SECONDS = 30.0
 
 
 class PolicyTopicError(ComplianceError):
@@ -90,66 +87,31 @@ class PolicySource:
     """Reads the whole policy topic without a consumer group (each worker must see every document)."""
 
     def __init__(self, bootstrap: list[str], topic: str, security: Mapping[str, Any] | None = None) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.security = dict(security or {})  # security.client_options(settings)
-        self._consumer: AIOKafkaConsumer | None = None
-        self.end_offsets: dict[int, int] = {}
+        self._topic = WholeTopic(bootstrap, topic, security)
+
+    @property
+    def end_offsets(self) -> dict[int, int]:
+        """Where reading stopped at start: following continues there."""
+        return self._topic.end_offsets
 
     async def start(self, from_offsets: dict[int, int] | None = None) -> list[PolicyRecord]:
-        """Assign every partition and read to the current end, from the beginning or ``from_offsets``.
-
-        Returns what was read; ``end_offsets`` then says where following will continue.
-        """
-        consumer = self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", **self.security,
-        )
-        await consumer.start()
-        partitions = consumer.partitions_for_topic(self.topic)
-        # A topic created a moment ago may take a while to reach the broker's metadata (seen: > 1 s under load).
-        deadline = time.monotonic() + METADATA_WAIT_SECONDS
-        while not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
-            partitions = consumer.partitions_for_topic(self.topic) or set()
-            if not partitions and time.monotonic() > deadline:
-                raise PolicyTopicError(f"topic {self.topic} has no partitions in the broker's metadata after "
-                                       f"{METADATA_WAIT_SECONDS:.0f}s")
-            if not partitions:
-                await asyncio.sleep(0.1)
-        assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        if from_offsets is None:
-            await consumer.seek_to_beginning(*assigned)
-        else:
-            for tp in assigned:
-                consumer.seek(tp, from_offsets.get(tp.partition, 0))
-        ends = await consumer.end_offsets(assigned)
-        self.end_offsets = {tp.partition: offset for tp, offset in ends.items()}
-        records: list[PolicyRecord] = []
-        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-            batches = await consumer.getmany(timeout_ms=500)
-            for tp, messages in batches.items():
-                records.extend(parse_record(m.value, tp.partition, m.offset, m.timestamp) for m in messages)
-        return records
+        """Every document to the current end, from the beginning or ``from_offsets``."""
+        return [_parsed(record) for record in await self._topic.start(from_offsets)]
 
     async def follow(self, on_record: Callable[[PolicyRecord], Awaitable[None]]) -> None:
         """Hand every document published from now on to ``on_record``, until cancelled."""
-        assert self._consumer is not None, "start() first"
-        while True:
-            try:
-                batches = await self._consumer.getmany(timeout_ms=1000)
-            except KafkaError as exc:  # the broker is away: aiokafka reconnects, we keep asking
-                log.warning("policy topic read failed: %s", exc, extra={"event": "policy_read_failed"})
-                await asyncio.sleep(1)
-                continue
-            for tp, messages in batches.items():
-                for message in messages:
-                    await on_record(parse_record(message.value, tp.partition, message.offset, message.timestamp))
+
+        async def parsed(record: TopicRecord) -> None:
+            await on_record(_parsed(record))
+
+        await self._topic.follow(parsed)
 
     async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        await self._topic.stop()
+
+
+def _parsed(record: TopicRecord) -> PolicyRecord:
+    return parse_record(record.value, record.partition, record.offset, record.timestamp_ms)
 
 
 class Verdict(NamedTuple):

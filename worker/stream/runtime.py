@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from worker.core import Policy
 from worker.settings import Settings
 from worker.stream.metrics import ComplianceMetrics
-from worker.stream.processing import Processor
+from worker.stream.processing import Overrides, Processor
 from worker.stream.state_store import TableStateStore
 
 
@@ -25,3 +25,7 @@ class Runtime:
     @property
     def policy(self) -> Policy:
         return self.processor.policy
+
+    @property
+    def overrides(self) -> Overrides:
+        return self.processor.overrides

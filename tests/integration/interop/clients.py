@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
 import subprocess
 import time
+import zipfile
 from collections.abc import Sequence
 from typing import NamedTuple
 from pathlib import Path
 
 import orjson
 
-from tests.integration.conftest import ROOT
+from tests.integration.conftest import Broker
 from tests.tools import require_binary
 
-# scripts/kafka.sh fetches these (kafka/pom.xml, the broker's version) before the session's broker starts.
-JAVA_LIBS = ROOT / ".cache" / "kafka" / "libs"
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
+# The Java tools log WARN and above to stderr (log4j 2's default configuration prints to stdout, into what they read).
+TOOLS_LOG_CONFIG = Path(__file__).with_name("tools-log4j2.properties")
+# KIP-1147 (Kafka 4.2) renamed the console tools' --property and --producer-property; from 4.2 on the old names
+# print a deprecation notice, the console consumer's on stdout, and 3.9 knows only the old ones.
+RENAMED_OPTIONS = (4, 2)
 
 
 def kcat_produce(bootstrap: str, topic: str, messages: Sequence[tuple[str, str]], *extra: str) -> None:
@@ -31,10 +36,14 @@ def kcat_produce(bootstrap: str, topic: str, messages: Sequence[tuple[str, str]]
     )
 
 
-def kcat_send(bootstrap: str, topic: str, key: str | None, value: str, headers: dict[str, str] | None = None) -> None:
-    """One message through ``kcat -P``; a None key is a null key (``-K`` is then not given)."""
+def kcat_send(
+    bootstrap: str, topic: str, key: str | None, value: str | None, headers: dict[str, str] | None = None,
+) -> None:
+    """One message through ``kcat -P``; a None key is a null key (``-K`` is then not given), a None value a
+    tombstone (``-Z``: an empty value is sent as null)."""
     kcat = require_binary("kcat", "Debian package kcat; make test installs it")
-    args = [kcat, "-P", "-b", bootstrap, "-t", topic, "-X", "acks=all"]
+    args = [kcat, "-P", "-b", bootstrap, "-t", topic, "-X", "acks=all", *(["-Z"] if value is None else [])]
+    value = value or ""
     for name, header in (headers or {}).items():
         args += ["-H", f"{name}={header}"]
     line = value if key is None else f"{key}\t{value}"
@@ -75,43 +84,65 @@ def java() -> str:
     return str(Path(home) / "bin" / "java") if home else require_binary("java", "Java 17+, which the broker needs too")
 
 
+@functools.cache
+def kafka_classes(libs: Path) -> frozenset[str]:
+    """Every class name in the Kafka jars of ``libs``."""
+    names: set[str] = set()
+    for jar in libs.glob("kafka*.jar"):
+        with zipfile.ZipFile(jar) as archive:
+            names.update(name[:-6].replace("/", ".") for name in archive.namelist() if name.endswith(".class"))
+    return frozenset(names)
+
+
+def tool_class(broker: Broker, *candidates: str) -> str:
+    """The main class of a Java tool in the broker's version: tools move from Scala's core (``kafka.tools``) to the
+    Java tools module (``org.apache.kafka.tools``) over versions, so the caller names each place it has had."""
+    found = [name for name in candidates if name in kafka_classes(broker.libs)]
+    assert found, f"none of {candidates} in the Kafka {broker.version} jars in {broker.libs}"
+    return found[0]
+
+
+def renamed_options(broker: Broker) -> bool:
+    """Whether the broker's console tools take KIP-1147's option names."""
+    return tuple(int(part) for part in broker.version.split(".")) >= RENAMED_OPTIONS
+
+
 def java_tool(
-    main_class: str, *args: str, stdin: str | None = None, timeout: float = 120.0, ok_exit_codes: tuple[int, ...] = (0,),
+    broker: Broker, main_class: str, *args: str, stdin: str | None = None, timeout: float = 120.0,
+    ok_exit_codes: tuple[int, ...] = (0,),
 ) -> str:
     """Run one of Kafka's own Java tools (the broker's version) and return what it printed; fail with its output."""
-    assert any(JAVA_LIBS.glob("kafka-tools-*.jar")), f"no kafka-tools jar in {JAVA_LIBS} (scripts/kafka.sh fetches it)"
+    tools = broker.libs / f"kafka-tools-{broker.version}.jar"
+    assert tools.is_file(), f"no {tools.name} in {broker.libs} (scripts/kafka.sh fetches it)"
     result = subprocess.run(
-        [java(), "-cp", f"{JAVA_LIBS}/*", "-Dlog4j2.level=WARN", main_class, *args],
+        [java(), "-cp", f"{broker.libs}/*", f"-Dlog4j2.configurationFile={TOOLS_LOG_CONFIG}", main_class, *args],
         input=stdin, capture_output=True, text=True, timeout=timeout,
     )
     assert result.returncode in ok_exit_codes, f"{main_class} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
 
 
-def java_console_produce(bootstrap: str, topic: str, messages: Sequence[tuple[str, str]], codec: str = "none") -> None:
-    """Kafka's console producer, `key<TAB>value` lines, acks=all, batches compressed with ``codec``.
+def java_console_produce(broker: Broker, topic: str, messages: Sequence[tuple[str, str]], codec: str = "none") -> None:
+    """Kafka's console producer (the broker's version), `key<TAB>value` lines, acks=all, batches compressed with
+    ``codec``.
 
     Its own ``--compression-codec`` decides: a ``compression.type`` producer property is overridden by it.
     """
-    args = ["--bootstrap-server", bootstrap, "--topic", topic, "--property", "parse.key=true",
-            "--property", "key.separator=\t", "--producer-property", "acks=all", "--compression-codec", codec]
-    java_tool("org.apache.kafka.tools.ConsoleProducer", *args, stdin="".join(f"{k}\t{v}\n" for k, v in messages))
+    reader, producer = ("--reader-property", "--command-property") if renamed_options(broker) else (
+        "--property", "--producer-property")
+    args = ["--bootstrap-server", broker.bootstrap, "--topic", topic, reader, "parse.key=true",
+            reader, "key.separator=\t", producer, "acks=all", "--compression-codec", codec]
+    main = tool_class(broker, "org.apache.kafka.tools.ConsoleProducer", "kafka.tools.ConsoleProducer")
+    java_tool(broker, main, *args, stdin="".join(f"{k}\t{v}\n" for k, v in messages))
 
 
-def codecs_on_disk(broker_data: Path, topic: str) -> set[str]:
+def codecs_on_disk(broker: Broker, topic: str) -> set[str]:
     """The compression codecs of the record batches the broker stored for ``topic`` (Kafka's DumpLogSegments)."""
-    segments = sorted(str(p) for p in broker_data.glob(f"{glob.escape(topic)}-*/*.log") if p.stat().st_size)
-    assert segments, f"no log segments of {topic} under {broker_data}"
-    dump = java_tool("kafka.tools.DumpLogSegments", "--files", ",".join(segments))
+    segments = sorted(str(p) for p in broker.data.glob(f"{glob.escape(topic)}-*/*.log") if p.stat().st_size)
+    assert segments, f"no log segments of {topic} under {broker.data}"
+    main = tool_class(broker, "org.apache.kafka.tools.DumpLogSegments", "kafka.tools.DumpLogSegments")
+    dump = java_tool(broker, main, "--files", ",".join(segments))
     return {match.lower() for match in re.findall(r"compresscodec: (\w+)", dump)}
-
-
-def broker_data_dir(bootstrap: str) -> Path:
-    """Where the session's broker (tests/integration/conftest.py) keeps its log segments."""
-    port = bootstrap.rsplit(":", 1)[1]
-    data = ROOT / ".cache" / "kafka" / f"test-node-{port}" / "data"
-    assert data.is_dir(), data
-    return data
 
 
 class Read(NamedTuple):
@@ -130,17 +161,18 @@ def kcat_consume(bootstrap: str, topic: str, isolation_level: str) -> list[Read]
     ]
 
 
-def java_console_consume(bootstrap: str, topic: str, isolation_level: str, expected: int) -> list[Read]:
+def java_console_consume(broker: Broker, topic: str, isolation_level: str, expected: int) -> list[Read]:
     """The topic through Kafka's own console consumer (kafka-tools, the broker's version), key and headers printed.
 
     It has no "stop at the end" option: it stops after ``expected`` records, or after 15 s without one (so a
     reader that sees fewer returns what it saw and the caller's assertion says what is missing).
     """
+    formatter = "--formatter-property" if renamed_options(broker) else "--property"
     out = java_tool(
-        "org.apache.kafka.tools.consumer.ConsoleConsumer", "--bootstrap-server", bootstrap, "--topic", topic,
-        "--from-beginning", "--isolation-level", isolation_level, "--max-messages", str(expected),
-        "--timeout-ms", "15000", "--property", "print.key=true", "--property", "print.headers=true",
-        "--property", "key.separator=\t", "--property", "null.literal=\x01null\x01",
+        broker, "org.apache.kafka.tools.consumer.ConsoleConsumer", "--bootstrap-server", broker.bootstrap,
+        "--topic", topic, "--from-beginning", "--isolation-level", isolation_level, "--max-messages", str(expected),
+        "--timeout-ms", "15000", formatter, "print.key=true", formatter, "print.headers=true",
+        formatter, "key.separator=\t", formatter, "null.literal=\x01null\x01",
         ok_exit_codes=(0, 1),  # 1: the timeout ended it ("TimeoutException"), which is how it stops when idle
     )
     reads = []

@@ -14,10 +14,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from tests.integration.conftest import WorkerProcess
-from tests.integration.interop.clients import (
-    CODECS, broker_data_dir, codecs_on_disk, java_console_produce, kcat_produce, kcat_read,
-)
+from tests.integration.conftest import Broker, WorkerProcess
+from tests.integration.interop.clients import CODECS, codecs_on_disk, java_console_produce, kcat_produce, kcat_read
 from worker.commands.sample import generate
 from worker.core import classify, decode_event, load_bundled_policy
 
@@ -66,12 +64,12 @@ def assert_all_decided(worker: WorkerProcess, messages: Sequence[tuple[str, str]
     assert (body["error"]["code"], body["source"]["key"]) == ("INVALID_JSON", messages[-1][0])
 
 
-def kcat_with(codec: str) -> Callable[[str, str, list[tuple[str, str]]], None]:
-    return lambda bootstrap, topic, messages: kcat_produce(bootstrap, topic, messages, "-z", codec)
+def kcat_with(codec: str) -> Callable[[Broker, str, list[tuple[str, str]]], None]:
+    return lambda broker, topic, messages: kcat_produce(broker.bootstrap, topic, messages, "-z", codec)
 
 
-def java_with(codec: str) -> Callable[[str, str, list[tuple[str, str]]], None]:
-    return lambda bootstrap, topic, messages: java_console_produce(bootstrap, topic, messages, codec)
+def java_with(codec: str) -> Callable[[Broker, str, list[tuple[str, str]]], None]:
+    return lambda broker, topic, messages: java_console_produce(broker, topic, messages, codec)
 
 
 PRODUCERS = {"kcat": kcat_with, "java": java_with}
@@ -79,10 +77,10 @@ PRODUCERS = {"kcat": kcat_with, "java": java_with}
 
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("client", sorted(PRODUCERS))
-def test_batches_of_every_codec_are_decided(worker: WorkerProcess, client: str, codec: str) -> None:
+def test_batches_of_every_codec_are_decided(broker: Broker, worker: WorkerProcess, client: str, codec: str) -> None:
     messages = upserts(f"{client}-{codec}")
-    PRODUCERS[client](codec)(worker.bootstrap, worker.input_topic, messages)
-    assert codecs_on_disk(broker_data_dir(worker.bootstrap), worker.input_topic) == {codec}
+    PRODUCERS[client](codec)(broker, worker.input_topic, messages)
+    assert codecs_on_disk(broker, worker.input_topic) == {codec}
     assert_all_decided(worker, messages)
 
 
@@ -100,7 +98,7 @@ def set_topic_config(bootstrap: str, topic: str, name: str, value: str) -> None:
 
 @pytest.mark.parametrize("topic_codec", ["zstd", "lz4"])
 def test_a_topic_whose_compression_type_makes_the_broker_recompress(
-    kafka: str, topics: dict[str, str], tmp_path: Path, topic_codec: str,
+    broker: Broker, kafka: str, topics: dict[str, str], tmp_path: Path, topic_codec: str,
 ) -> None:
     set_topic_config(kafka, topics["input"], "compression.type", topic_codec)
     worker = WorkerProcess.on(kafka, topics, tmp_path / "worker.log")
@@ -109,7 +107,7 @@ def test_a_topic_whose_compression_type_makes_the_broker_recompress(
         worker.wait_ready()
         messages = upserts(f"topic-{topic_codec}")
         kcat_produce(kafka, topics["input"], messages, "-z", "gzip")  # the producer's own codec is not what is kept
-        assert codecs_on_disk(broker_data_dir(kafka), topics["input"]) == {topic_codec}
+        assert codecs_on_disk(broker, topics["input"]) == {topic_codec}
         assert_all_decided(worker, messages)
     finally:
         assert worker.stop() == 0, worker.tail_log()

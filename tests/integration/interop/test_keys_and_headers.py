@@ -7,6 +7,7 @@ import base64
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tests.integration.conftest import WorkerProcess
 from tests.integration.interop.clients import kcat_headers, kcat_read, kcat_send
@@ -64,5 +65,62 @@ def test_trace_context_and_forwarded_headers_travel_to_the_decision(
             "H-1": [("traceparent", TRACEPARENT), ("tracestate", "vendor=1"), ("x-request-id", "r-42")],
             "H-2": [],
         }, worker.tail_log()
+    finally:
+        assert worker.stop() == 0, worker.tail_log()
+
+
+def versioned(product_id: str, event_id: str, version: int, country: str) -> str:
+    body = orjson.loads(upsert(product_id, event_id))
+    body["product"].update(version=version, seller={"country": country}, ship_from_country=country)
+    return orjson.dumps(body).decode()
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_repartition_decides_any_key_and_keeps_each_products_state_together(
+    kafka: str, topics: dict[str, str], tmp_path: Path, guarantee: str,
+) -> None:
+    worker = WorkerProcess.on(kafka, topics, tmp_path / "worker.log")
+    worker.start(KEY_MISMATCH="repartition", PROCESSING_GUARANTEE=guarantee)
+    try:
+        worker.wait_ready()
+        # One product under three keys (kcat's partitioner spreads them: null keys at random), one event at a time.
+        steps = [
+            (None, "r-1", 1, "CN", ("block", None, True)),
+            ("R-other", "r-2", 2, "ID", ("allow", "block", True)),
+            ("R-1", "r-3", 3, "CN", ("block", "allow", True)),
+            ("R-elsewhere", "r-4", 4, "CN", ("block", "block", False)),
+        ]
+        decided = []
+        for count, (key, event_id, version, country, _) in enumerate(steps, 1):
+            kcat_send(kafka, topics["input"], key, versioned("R-1", event_id, version, country), {"traceparent": TRACEPARENT})
+            decided = kcat_read(kafka, topics["decisions"], count)
+            assert len(decided) == count, worker.tail_log()
+        kcat_send(kafka, topics["input"], "R-1", None)  # a tombstone, keyed by the product id as ever
+        kcat_send(kafka, topics["input"], "R-9", versioned("R-1", "r-5", 5, "CN"))
+        kcat_send(kafka, topics["input"], "bad", "{not json", {"traceparent": TRACEPARENT})
+        decided = kcat_read(kafka, topics["decisions"], len(steps) + 2)
+        inputs = {
+            orjson.loads(e["payload"])["event_id"]: (e["partition"], e["offset"])
+            for e in kcat_read(kafka, topics["input"], len(steps) + 3) if (e["payload"] or "").startswith('{"')
+        }
+        bodies = [orjson.loads(d["payload"]) for d in decided if d["payload"] is not None]
+        assert [(b["decision"], b["previous_decision"], b["changed"]) for b in bodies] == [
+            *(expected for *_, expected in steps), ("block", None, True),  # the tombstone forgot it
+        ], worker.tail_log()
+        for body in bodies:  # the source is the input record, not the repartition topic's
+            assert body["source"] == {"topic": topics["input"], "partition": inputs[body["event_id"]][0],
+                                      "offset": inputs[body["event_id"]][1]}
+        tombstones = [d for d in decided if d["payload"] is None]
+        assert [d["key"] for d in tombstones] == ["R-1"]
+        carried = {orjson.loads(d["payload"])["event_id"]: list(kcat_headers(d)) for d in decided if d["payload"]}
+        assert carried == {  # trace context travels on; the repartition topic's own header does not
+            **{event_id: [("traceparent", TRACEPARENT)] for _, event_id, *_ in steps}, "r-5": [],
+        }
+        [dead] = kcat_read(kafka, topics["dead_letter"], 1)
+        body = orjson.loads(dead["payload"])
+        assert body["error"]["code"] == "INVALID_JSON" and body["source"]["topic"] == topics["input"]
+        assert (dead["key"], list(kcat_headers(dead))) == ("bad", [("traceparent", TRACEPARENT)]), "as it came in"
+        assert wait_for_sample(worker.metrics, "compliance_repartitioned_events_total", 6) == 6
+        assert wait_for_sample(worker.metrics, "compliance_dead_letters_total", 1, code="INVALID_JSON") == 1
     finally:
         assert worker.stop() == 0, worker.tail_log()

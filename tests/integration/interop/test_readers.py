@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.integration.conftest import WorkerProcess
+from tests.integration.conftest import Broker, WorkerProcess
 from tests.integration.interop.clients import (
     Read, confluent_consume, java_console_consume, kcat_consume, kcat_produce, kcat_read, kcat_send,
 )
@@ -20,11 +20,11 @@ from tests.integration.reliability.cluster import uncommitted_records
 from tests.integration.reliability.test_exactly_once import kill_inside_open_transaction
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-READERS: dict[str, Callable[[str, str, int], list[Read]]] = {
-    "kcat": lambda bootstrap, topic, expected: kcat_consume(bootstrap, topic, "read_committed"),
-    "java-console-consumer": lambda bootstrap, topic, expected: java_console_consume(
-        bootstrap, topic, "read_committed", expected),
-    "confluent-kafka": lambda bootstrap, topic, expected: confluent_consume(bootstrap, topic, "read_committed"),
+READERS: dict[str, Callable[[Broker, str, int], list[Read]]] = {
+    "kcat": lambda broker, topic, expected: kcat_consume(broker.bootstrap, topic, "read_committed"),
+    "java-console-consumer": lambda broker, topic, expected: java_console_consume(
+        broker, topic, "read_committed", expected),
+    "confluent-kafka": lambda broker, topic, expected: confluent_consume(broker.bootstrap, topic, "read_committed"),
 }
 
 
@@ -45,26 +45,26 @@ def wanted(messages: list[tuple[str, str]]) -> Counter[tuple[str | None, str, st
 
 
 def assert_every_reader_sees(
-    bootstrap: str, topics: dict[str, str], messages: list[tuple[str, str]], traced: str | None = None,
+    broker: Broker, topics: dict[str, str], messages: list[tuple[str, str]], traced: str | None = None,
 ) -> None:
     """Each reader, read_committed: every decision once with its key (the traced one with its trace context) and
     the malformed message's dead letter."""
     expected = wanted(messages)
     for reader, read in READERS.items():
-        reads = read(bootstrap, topics["decisions"], sum(expected.values()) + (traced is not None))
+        reads = read(broker, topics["decisions"], sum(expected.values()) + (traced is not None))
         if traced is not None:
             [headers] = [r.headers for r in reads if r.key == traced]
             assert headers == (("traceparent", TRACEPARENT),), f"{reader} did not read the decision's trace context"
             reads = [r for r in reads if r.key != traced]
         assert decided(reads) == expected, f"{reader} read other decisions than those published"
-        [dead_letter] = read(bootstrap, topics["dead_letter"], 1)
+        [dead_letter] = read(broker, topics["dead_letter"], 1)
         body = orjson.loads(dead_letter.value or "null")
         assert (dead_letter.key, body["error"]["code"]) == (messages[-1][0], "INVALID_JSON"), reader
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_the_three_readers_read_what_the_worker_published(
-    kafka: str, topics: dict[str, str], tmp_path: Path, guarantee: str,
+    broker: Broker, kafka: str, topics: dict[str, str], tmp_path: Path, guarantee: str,
 ) -> None:
     worker = WorkerProcess.on(kafka, topics, tmp_path / "worker.log")
     worker.start(PROCESSING_GUARANTEE=guarantee)
@@ -79,7 +79,7 @@ def test_the_three_readers_read_what_the_worker_published(
         expected = sum(wanted(messages).values()) + 1
         assert len(kcat_read(kafka, topics["decisions"], expected)) == expected, worker.tail_log()
         kcat_read(kafka, topics["dead_letter"], 1)
-        assert_every_reader_sees(kafka, topics, messages, traced="R-traced")
+        assert_every_reader_sees(broker, topics, messages, traced="R-traced")
     finally:
         assert worker.stop() == 0, worker.tail_log()
 
@@ -87,7 +87,9 @@ def test_the_three_readers_read_what_the_worker_published(
 KILLED_EVENTS = 30_000
 
 
-def test_under_exactly_once_no_reader_sees_an_aborted_decision(kafka: str, topics: dict[str, str], tmp_path: Path) -> None:
+def test_under_exactly_once_no_reader_sees_an_aborted_decision(
+    broker: Broker, kafka: str, topics: dict[str, str], tmp_path: Path,
+) -> None:
     messages = upserts("readers-killed", KILLED_EVENTS)
     kcat_produce(kafka, topics["input"], messages)
     first = WorkerProcess.on(kafka, topics, tmp_path / "killed.log")
@@ -109,4 +111,4 @@ def test_under_exactly_once_no_reader_sees_an_aborted_decision(kafka: str, topic
     everything = kcat_consume(kafka, topics["decisions"], "read_uncommitted")
     committed = sum(wanted(messages).values())
     assert len(everything) > committed, "read_uncommitted sees no aborted decision: the test exercised no abort"
-    assert_every_reader_sees(kafka, topics, messages)
+    assert_every_reader_sees(broker, topics, messages)

@@ -219,41 +219,6 @@ def test_rescreen_under_exactly_once_commits_one_decision_per_flip(
     print(f"\nexactly_once re-screen: {len(rescreens)} POLICY_CHANGE decisions committed, {seconds:.1f}s after publishing")
 
 
-def decided_per_second(cluster: KafkaCluster, tmp_path: Path, guarantee: str, events: int) -> float:
-    """Events per second of one worker over a backlog: decision count over the span of decision timestamps."""
-    topics = new_topics(cluster)
-    produce(cluster.bootstrap, topics["input"], generate(events, seed=53, malformed_ratio=0.0))
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    worker = new_worker(cluster, topics, tmp_path / f"{guarantee}.log")
-    worker.start(PROCESSING_GUARANTEE=guarantee, TOPIC_REPLICATION_FACTOR="3")
-    try:
-        worker.wait_ready(timeout=120)
-        wait_until_caught_up(worker, events, timeout=240)
-    finally:
-        assert worker.stop(timeout=60) == 0, worker.tail_log()
-    stamps = [r.timestamp_ms for r in read_to_end(cluster.bootstrap, topics["decisions"])]
-    assert len(stamps) >= events
-    return events / max((max(stamps) - min(stamps)) / 1000, 0.001)
-
-
-def test_exactly_once_throughput_next_to_at_least_once(
-    cluster: KafkaCluster, tmp_path: Path, record_property: pytest.RecordProperty
-) -> None:
-    """Reported, not asserted: what transactions cost one worker on this 3-broker cluster (alternating, twice each)."""
-    events = 15_000
-    rates: dict[str, list[float]] = {"at_least_once": [], "exactly_once": []}
-    for run, guarantee in enumerate(["at_least_once", "exactly_once"] * 2):
-        rates[guarantee].append(decided_per_second(cluster, tmp_path / str(run), guarantee, events))
-    for guarantee, measured in rates.items():
-        record_property(f"{guarantee}_events_per_second", [round(rate) for rate in measured])
-    at_least_once, exactly_once = max(rates["at_least_once"]), max(rates["exactly_once"])
-    print(
-        f"\n{events:,} events on 3 brokers (RF 3, min ISR 2), one worker, best of 2: at_least_once "
-        f"{at_least_once:,.0f}/s, exactly_once {exactly_once:,.0f}/s ({exactly_once / at_least_once:.0%}); "
-        f"all runs: {rates}"
-    )
-
-
 def test_committed_offsets_asked_right_after_a_transaction_commits_are_its_offsets(
     cluster: KafkaCluster, record_property: pytest.RecordProperty
 ) -> None:

@@ -40,7 +40,7 @@ def test_workers_joining_and_leaving_under_exactly_once_commit_one_decision_per_
         sent_at_join = feeder.sent
         second.start(**EXACTLY_ONCE)  # joins while events keep arriving: a rebalance mid-stream
         second.wait_ready(timeout=180)
-        first.wait_ready(timeout=180)  # the rebalance has settled: both consume
+        first.wait_settled(timeout=180)  # the rebalance has settled: both consume
         wait_for_decisions(second, 1, timeout=120)  # the second got partitions and decides
         sent_at_ready = feeder.sent
         feeder.wait_sent(min(HOLD_AT, sent_at_ready + 2_000), timeout=120)  # the first has worked after the join

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.conftest import WorkerProcess
+from tests.integration.prometheus import sample, total
 from worker.stream.processing import DEAD_LETTER_MAX_BYTES
 from worker.commands.sample import generate
 
@@ -32,6 +33,8 @@ KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588  # the broker's message.max.bytes: w
 INPUT_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 HYPOTHESIS_EXAMPLES = 1_000  # per strategy, three strategies
 FLOOD_MESSAGES = 120
+PEAK_GROWTH_MAX_MIB = 96  # RSS over the idle worker's, while it works through the corpus
+AFTER_GROWTH_MAX_MIB = 32  # ...and once it has
 
 
 def base_events(count: int, seed: int) -> list[dict[str, Any]]:
@@ -127,14 +130,14 @@ def handmade_corpus(rng: random.Random) -> list[Message]:
     for index in range(4):  # tombstones, forwarded (aiokafka cannot send one without a key; test_blackbox_kcat does)
         add(None, key=f"tombstone-{uuid.uuid4().hex}-{index}".encode())
     # Around the broker's default size limit (record key + value + ~80 bytes of headers) and this topic's.
-    for index, total in enumerate((KAFKA_DEFAULT_MAX_MESSAGE_BYTES - 200, KAFKA_DEFAULT_MAX_MESSAGE_BYTES - 90)):
+    for index, size in enumerate((KAFKA_DEFAULT_MAX_MESSAGE_BYTES - 200, KAFKA_DEFAULT_MAX_MESSAGE_BYTES - 90)):
         key = f"P-limit-{index}".encode()
-        add(near_limit(events[256 + index], total, key), key=key)  # valid: a decision
-        add(bytes(rng.randrange(256) for _ in range(64)) * ((total - len(key)) // 64), key=key)  # binary garbage
-        add(b"\x01" + b"a" * (total - len(key) - 1), key=key)
+        add(near_limit(events[256 + index], size, key), key=key)  # valid: a decision
+        add(bytes(rng.randrange(256) for _ in range(64)) * ((size - len(key)) // 64), key=key)  # binary garbage
+        add(b"\x01" + b"a" * (size - len(key) - 1), key=key)
     add(b"[" + b"1," * 520_000 + b"1]")  # 1 MB of valid JSON, not an object
-    for total in (1_500_000, INPUT_MAX_MESSAGE_BYTES - 200):  # over the worker's 1 MiB: PAYLOAD_TOO_LARGE
-        add(near_limit(events[260], total, b"fuzz"))
+    for size in (1_500_000, INPUT_MAX_MESSAGE_BYTES - 200):  # over the worker's 1 MiB: PAYLOAD_TOO_LARGE
+        add(near_limit(events[260], size, b"fuzz"))
     # A flood of messages near 1 MB (~120 MB): what the worker holds must not grow with it (worker/kafka/buffer.py).
     for index in range(FLOOD_MESSAGES):
         key = f"flood-{index}".encode()
@@ -241,11 +244,16 @@ def consume_outputs(bootstrap: str, topics: list[str], expected: int, timeout: f
     return asyncio.run(run())
 
 
+def handled(metrics: str) -> float:
+    """Decisions, dead letters and tombstones the worker counted (each series must exist)."""
+    return (
+        total(metrics, "compliance_decisions_total") + total(metrics, "compliance_dead_letters_total")
+        + sample(metrics, "compliance_tombstones_total")
+    )
+
+
 def rss(worker: WorkerProcess) -> float:
-    for line in worker.metrics().splitlines():
-        if line.startswith("process_resident_memory_bytes "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError("no process_resident_memory_bytes on /metrics")
+    return sample(worker.metrics(), "process_resident_memory_bytes")
 
 
 def test_hostile_input_is_decided_or_dead_lettered_and_the_worker_survives(
@@ -294,19 +302,13 @@ def test_hostile_input_is_decided_or_dead_lettered_and_the_worker_survives(
         while time.monotonic() < deadline:  # watch memory while the worker works through the backlog
             assert worker.process is not None and worker.process.poll() is None, worker.tail_log()
             metrics = worker.metrics()
-            peak = max(peak, next(
-                float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                if line.startswith("process_resident_memory_bytes ")
-            ))
-            handled = sum(
-                float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                if line.startswith(("compliance_decisions_total{", "compliance_dead_letters_total{",
-                                    "compliance_tombstones_total "))
-            )
-            if handled >= len(corpus):
+            peak = max(peak, sample(metrics, "process_resident_memory_bytes"))
+            # compliance_decisions_total's series appear with the first decision: until then the backlog is not done.
+            if "compliance_decisions_total{" in metrics and handled(metrics) >= len(corpus):
                 break
             time.sleep(0.2)
         took = time.monotonic() - started
+        assert handled(worker.metrics()) == len(corpus), "the worker's counters account for every message once"
         outputs = consume_outputs(kafka, [names["decisions"], names["dead_letter"]], len(corpus), timeout=120)
         after = rss(worker)
 
@@ -355,11 +357,16 @@ def test_hostile_input_is_decided_or_dead_lettered_and_the_worker_survives(
     finally:
         exit_code = worker.stop()
     assert exit_code == 0, worker.tail_log()
-    # Generous on purpose: the stream buffer holds up to 16 MiB of input, its batch's dead letters and the producer's
-    # copies come on top while it is processed; holding on to the flood (~130 MB of input) would exceed it.
-    peak_bound, after_bound = 2 * baseline + 64 * largest, 2 * baseline + 8 * largest
-    assert peak < peak_bound and after < after_bound, f"RSS {baseline=} {peak=} {after=}, bounds {peak_bound, after_bound}"
+    # Growth over the idle worker's RSS. The stream buffer holds up to 16 MiB of input, and a batch's dead letters
+    # (base64: 4/3 of the input) and the producer's copies come on top while it is processed. Measured: peak
+    # +48 to +68 MiB, after +13 to +21 MiB; the bounds are 40% and 50% over the largest of those. Holding on to
+    # the flood (~130 MB of input) would exceed them several times: without the byte-bounded buffer and the fixed
+    # mmap threshold the same run peaked at +242 MiB and stayed at +219 MiB.
     mib = 1024 * 1024
+    assert peak - baseline <= PEAK_GROWTH_MAX_MIB * mib and after - baseline <= AFTER_GROWTH_MAX_MIB * mib, (
+        f"RSS idle {baseline / mib:.0f} MiB, peak {peak / mib:.0f} MiB, after {after / mib:.0f} MiB: more than "
+        f"+{PEAK_GROWTH_MAX_MIB} / +{AFTER_GROWTH_MAX_MIB} MiB"
+    )
     record_property("fuzz_messages", len(corpus))
     record_property("fuzz_bytes", total_bytes)
     record_property("fuzz_rss_baseline_mib", round(baseline / mib, 1))

@@ -320,6 +320,27 @@ def test_policy_publish_over_sasl_ssl_with_its_password_in_the_environment(broke
     assert record.value == POLICY_FILE.read_bytes()
 
 
+def test_overrides_over_mutual_tls_set_list_and_clear(broker: SecureBroker, tmp_path: Path) -> None:
+    topic = f"sec-{uuid.uuid4().hex[:10]}.overrides"
+    tls = {
+        "KAFKA_BOOTSTRAP_SERVERS": broker.mtls, "KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CA_FILE": str(broker.ca.cert),
+        "KAFKA_SSL_CERT_FILE": str(broker.client.cert), "KAFKA_SSL_KEY_FILE": str(broker.client.key),
+        "KAFKA_SSL_KEY_PASSWORD": broker.client.key_password or "", "OVERRIDES_TOPIC": topic,
+    }
+    published = run_cli(tmp_path, "override", "set", "P-1", "--decision", "allow", "--reason", "appeal", "--author", "a", **tls)
+    assert (published.returncode, published.stderr) == (0, ""), published
+    assert f"to {topic} (created it: compacted, 4 partitions)" in published.stdout
+    listed = run_cli(tmp_path, "override", "list", "--json", **tls)
+    assert listed.returncode == 0, listed
+    assert [(row["product_id"], row["status"]) for row in map(orjson.loads, listed.stdout.splitlines())] == [("P-1", "in_force")]
+    cleared = run_cli(tmp_path, "override", "clear", "P-1", **tls)
+    assert cleared.returncode == 0 and "(it had allow in force until cleared" in cleared.stdout, cleared
+    records = consume(broker.mtls, mtls_options(broker), topic, 2)
+    assert [(r.key, r.value is None) for r in records] == [(b"P-1", False), (b"P-1", True)]
+    output = published.stdout + published.stderr + listed.stderr + cleared.stdout + cleared.stderr
+    assert (broker.client.key_password or "") not in output
+
+
 def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "POLICY_", "WORKER_", "PROCESSING_"))}
     return subprocess.run(
@@ -342,6 +363,10 @@ WRONG_PASSWORD = f"wrong-{token_hex(8)}"
                      id="worker-wrong-password"),
         pytest.param("policy publish", "wrong-password", "SCRAM-SHA-512 authentication as 'compliance-worker'",
                      id="publish-wrong-password"),
+        pytest.param("override set", "wrong-password", "SCRAM-SHA-512 authentication as 'compliance-worker'",
+                     id="override-set-wrong-password"),
+        pytest.param("override list", "untrusted-ca", "is not trusted (unable to get local issuer certificate)",
+                     id="override-list-untrusted-certificate"),
         pytest.param("worker", "unknown-user", "SCRAM-SHA-512 authentication as 'nobody'", id="worker-unknown-user"),
         pytest.param("worker", "other-mechanism", "does not accept SASL mechanism SCRAM-SHA-256", id="worker-scram-256"),
         pytest.param("worker", "untrusted-ca", "is not trusted (unable to get local issuer certificate)",
@@ -367,7 +392,11 @@ def test_a_refused_connection_is_one_clear_line_and_exit_2(
         "no-client-certificate": tls,
         "tls-to-plaintext": {**tls, "KAFKA_BOOTSTRAP_SERVERS": broker.plaintext},
     }[case]
-    args = ["worker"] if command == "worker" else ["policy", "publish", str(POLICY_FILE)]
+    args = {
+        "worker": ["worker"], "policy publish": ["policy", "publish", str(POLICY_FILE)],
+        "override set": ["override", "set", "P-1", "--decision", "block", "--reason", "r", "--author", "a"],
+        "override list": ["override", "list"],
+    }[command]
     started = time.monotonic()
     result = run_cli(tmp_path, *args, **env)
     took = time.monotonic() - started

@@ -166,6 +166,7 @@ def test_summary_as_dict_and_text(policy: Policy) -> None:
             "current_only": {},
             "new_only": {"NO_EXCHANGE_RATE": 1, "PRICE_REQUIRED": 1},
         },
+        "review": {"stateful": False, "products": 0, "signals": {"current": {}, "new": {}}, "held": {"current": 0, "new": 0}},
     }
     assert summary.render().splitlines() == [
         "simulated 15 lines: 10 decided under both policies, 4 invalid under at least one",
@@ -176,6 +177,7 @@ def test_summary_as_dict_and_text(policy: Policy) -> None:
         "  invalid under both:          INVALID_JSON 1, NOT_AN_OBJECT 1",
         "  invalid only under current:  none",
         "  invalid only under new:      NO_EXCHANGE_RATE 1, PRICE_REQUIRED 1",
+        "  review signals:              off in both policies (each line decided on its own)",
     ]
 
 
@@ -197,6 +199,97 @@ def _peak_bytes(policy: Policy, new: Policy, lines: Iterator[bytes]) -> int:
 def test_memory_does_not_grow_with_the_catalog(policy: Policy) -> None:
     """One pass over a generator: ten times the lines, about the same peak memory."""
     new = parse_policy(new_document())
+    distinct = [value + b"\n" for _key, value in generate(1000, seed=3)]
+    simulate_lines(iter(distinct), policy, new, DEC_1)  # warm the path caches
+    small = _peak_bytes(policy, new, itertools.islice(itertools.cycle(distinct), 2_000))
+    large = _peak_bytes(policy, new, itertools.islice(itertools.cycle(distinct), 20_000))
+    assert large < small + 256 * 1024, (small, large)
+
+
+# --- review signals: each product's lines in file order ---------------------------------------
+
+ORIGIN, CATEGORY = "ORIGIN_CHANGED_AFTER_BLOCK", "CATEGORY_CHANGED_AFTER_BLOCK"
+
+
+def with_review(on_signal: str, version: str) -> Policy:
+    document = bundled_document()
+    document["version"] = version
+    document["review"] = {"enabled": True, "signals": ["origin_changed_after_block", "category_changed_after_block"],
+                          "on_signal": on_signal}
+    return parse_policy(document)
+
+
+def upsert(product: str, version: int, country: str, path: str = APPAREL, seller_id: str = "S-1") -> bytes:
+    return orjson.dumps(make_event(
+        event_id=f"{product}-{version}", product__id=product, product__version=version, product__hs_code=...,
+        product__category={"path": path}, product__seller={"id": seller_id, "country": country},
+        product__ship_from_country=country,
+    )) + b"\n"
+
+
+EVASIONS = [
+    upsert("P-1", 1, "CN"),              # blocked
+    upsert("P-2", 1, "CN"),              # blocked
+    upsert("P-1", 2, "ID"),              # back domestic: ORIGIN_CHANGED_AFTER_BLOCK
+    upsert("P-2", 2, "CN", PHONE),       # moved out of the clusters: CATEGORY_CHANGED_AFTER_BLOCK
+    upsert("P-1", 3, "ID"),              # again: nothing new (flag), still held (hold)
+    upsert("P-3", 1, "CN"),              # blocked
+    upsert("P-3", 2, "ID", seller_id="S-2"),  # another seller: no signal
+    upsert("P-1", 1, "CN"),              # stale: repeats the decision in force
+]
+
+
+@pytest.mark.parametrize(
+    ("on_signal", "changes", "unchanged", "held"),
+    [
+        pytest.param("flag", Counter(), Counter({"block": 3, "allow": 5}), 0, id="flag-changes-no-decision"),
+        # Held: P-1's two domestic lines and P-2's move stay blocked, and the stale line repeats the block in force.
+        pytest.param("hold", Counter({("allow", "block", "textile_fashion"): 3, ("allow", "block", "none"): 1}),
+                     Counter({"block": 3, "allow": 1}), 3, id="hold-keeps-three-blocked"),
+    ],
+)
+def test_signals_are_reported_per_policy(
+    policy: Policy, on_signal: str, changes: Counter[tuple[str, str, str]], unchanged: Counter[str], held: int,
+) -> None:
+    new = with_review(on_signal, f"t-{on_signal}")
+    summary = simulate_lines(iter(EVASIONS), policy, new, DEC_1)
+    assert (summary.stateful, summary.products, summary.decided) == (True, 3, 8)
+    assert summary.signals_new == Counter({ORIGIN: 1, CATEGORY: 1})
+    assert summary.signals_current == Counter()
+    assert (summary.held_current, summary.held_new) == (0, held)
+    assert (summary.changes, summary.unchanged) == (changes, unchanged)
+    document = summary.as_dict()["review"]
+    assert document == {
+        "stateful": True, "products": 3, "signals": {"current": {}, "new": {CATEGORY: 1, ORIGIN: 1}}, "held": {"current": 0, "new": held},
+    }
+    lines = summary.render().splitlines()
+    assert lines[-3:] == [
+        "  review signals, current:     off",
+        f"  review signals, new:         {CATEGORY} 1, {ORIGIN} 1; {held} decisions held",
+        "  products remembered:         3 (each line decided against its product's earlier ones)",
+    ]
+
+
+def test_signals_under_both_policies_are_counted_apart(policy: Policy) -> None:
+    flag, hold = with_review("flag", "t-flag"), with_review("hold", "t-hold")
+    summary = simulate_lines(iter(EVASIONS), flag, hold, DEC_1)
+    assert summary.signals_current == summary.signals_new == Counter({ORIGIN: 1, CATEGORY: 1})
+    assert (summary.held_current, summary.held_new) == (0, 3)
+    backward = simulate_lines(iter(EVASIONS), hold, flag, DEC_1)
+    assert (backward.held_current, backward.held_new) == (3, 0)
+
+
+def test_without_review_signals_each_line_stands_alone(policy: Policy) -> None:
+    """The stale line is decided on its own (block), as before: no state, constant memory."""
+    summary = simulate_lines(iter(EVASIONS), policy, parse_policy(new_document()), DEC_1)
+    assert (summary.stateful, summary.products) == (False, 0)
+    stale = simulate_lines(iter([EVASIONS[2], EVASIONS[7]]), policy, with_review("flag", "t-flag"), DEC_1)
+    assert stale.stateful and stale.unchanged == Counter({"allow": 2}), "the stale line repeats P-1's allow under both"
+
+
+def test_stateful_memory_grows_with_products_not_lines(policy: Policy) -> None:
+    """Lines of the same 333 products over and over: about the same peak, however many lines."""
+    new = with_review("hold", "t-hold")
     distinct = [value + b"\n" for _key, value in generate(1000, seed=3)]
     simulate_lines(iter(distinct), policy, new, DEC_1)  # warm the path caches
     small = _peak_bytes(policy, new, itertools.islice(itertools.cycle(distinct), 2_000))
@@ -246,6 +339,20 @@ def test_command_json(capsys: pytest.CaptureFixture[str], files: dict[str, Path]
     assert document["new_policy"]["version"] == "2026.12.0"
     # From the date on, crafts is restricted again: only the exempt seller and the vase carve-out remain.
     assert document["summary"]["changes"]["block_to_allow"] == {"total": 2, "clusters": {"crafts→none": 1, "textile_fashion": 1}}
+    assert document["summary"]["review"]["stateful"] is False
+
+
+def test_command_reports_review_signals(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    catalog, new = tmp_path / "evasions.jsonl", tmp_path / "hold.yaml"
+    catalog.write_bytes(b"".join(EVASIONS))
+    document = bundled_document()
+    document.update(version="2026.12.0", review={"enabled": True, "signals": ["origin_changed_after_block"], "on_signal": "hold"})
+    new.write_text(yaml.safe_dump(document), encoding="utf-8")
+    code, out, err = run(capsys, "simulate", "--policy", str(new), str(catalog))
+    assert (code, err) == (0, "")
+    assert f"  review signals, new:         {ORIGIN} 1; 2 decisions held" in out.splitlines()
+    code, out, err = run(capsys, "simulate", "--json", "--policy", str(new), str(catalog))
+    assert orjson.loads(out)["summary"]["review"]["signals"] == {"current": {}, "new": {ORIGIN: 1}}
 
 
 def test_current_policy_from_flag_or_environment(capsys: pytest.CaptureFixture[str], files: dict[str, Path]) -> None:

@@ -174,6 +174,7 @@ def test_record_has_every_contract_field(policy: Policy) -> None:
     record = result.record("2026-11-29T10:00:00.123Z", {"topic": "t", "partition": 0, "offset": 42})
     assert set(record) == {
         "decision_id", "event_id", "product_id", "product_version", "decision", "cross_border",
-        "cluster", "reasons", "policy_version", "decided_at", "source",
+        "cluster", "reasons", "review", "policy_version", "decided_at", "source",
     }
     assert record["reasons"][0] == Reason.CROSS_BORDER_RESTRICTED_CLUSTER
+    assert record["review"] is False, "classify alone never raises a review signal"

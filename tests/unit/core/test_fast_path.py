@@ -294,6 +294,21 @@ RULE_POLICIES = {
     "minimum": policy_with(minimum=MIN_PRICE, version="t-minimum"),
     "all": policy_with(effective={"food_beverage": "2026-12-01"}, exempt=["S-1"], minimum=MIN_PRICE, version="t-all"),
 }
+BOTH_SIGNALS = ["origin_changed_after_block", "category_changed_after_block"]
+# Review signals change only what follows a block, so they are checked on streams of their own (below) too.
+SIGNAL_POLICIES = {
+    "review-flag": policy_with(review={"enabled": True, "signals": BOTH_SIGNALS}, version="t-review-flag"),
+    "review-hold": policy_with(review={"enabled": True, "signals": BOTH_SIGNALS, "on_signal": "hold"}, version="t-review-hold"),
+    "review-hold-origin": policy_with(
+        review={"enabled": True, "signals": ["origin_changed_after_block"], "on_signal": "hold"}, version="t-review-hold-origin",
+    ),
+    "review-off": policy_with(review={"enabled": False, "signals": BOTH_SIGNALS, "on_signal": "hold"}, version="t-review-off"),
+    "review-all": policy_with(
+        effective={"food_beverage": "2026-12-01"}, exempt=["S-1"], minimum=MIN_PRICE,
+        review={"enabled": True, "signals": BOTH_SIGNALS, "on_signal": "hold"}, version="t-review-all",
+    ),
+}
+STREAM_POLICIES = {**RULE_POLICIES, **SIGNAL_POLICIES}
 CATEGORIES = taxonomy()[::97]
 DEC_1 = 1_796_083_200.0
 
@@ -366,7 +381,7 @@ def reference_state_encoding(state: ProductState) -> bytes:
         2, state.decision, facts.product_version, state.cluster, state.cross_border, state.policy_version,
         state.decided_at_ms, list(state.reasons), facts.event_id, facts.seller_id, facts.seller_country,
         facts.ship_from_country, facts.category_path, facts.category_id, facts.hs_code, facts.price_amount,
-        facts.price_currency, facts.occurred_at, state.title_digest,
+        facts.price_currency, facts.occurred_at, state.title_digest, list(state.held_signals),
     ])
 
 
@@ -389,20 +404,24 @@ optional_text = st.none() | st.text(min_size=1, max_size=20)
               optional_text, optional_text, optional_text, optional_text, st.none()),
     st.sampled_from(["block", "allow"]), st.none() | st.sampled_from(["crafts", "textile_fashion"]), st.booleans(),
     st.integers(0, 2**53), st.lists(st.sampled_from(["DOMESTIC_ITEM", "FOREIGN_SELLER", "MATCHED_CATEGORY_PATH"])),
-    optional_text,
+    optional_text, st.sampled_from([(), ("ORIGIN_CHANGED_AFTER_BLOCK",), ("ORIGIN_CHANGED_AFTER_BLOCK", "CATEGORY_CHANGED_AFTER_BLOCK")]),
 )
 def test_state_encoding_is_format_2_and_reads_format_1(
     facts: ProductEvent, decision: str, cluster: str | None, cross_border: bool, decided_at_ms: int,
-    reasons: list[str], title: str | None,
+    reasons: list[str], title: str | None, held_signals: tuple[str, ...],
 ) -> None:
-    state = ProductState(decision, cluster, cross_border, "2026.11.0", decided_at_ms, tuple(reasons), facts, title_digest(title))
+    state = ProductState(
+        decision, cluster, cross_border, "2026.11.0", decided_at_ms, tuple(reasons), facts, title_digest(title), held_signals,
+    )
     encoded = state.encode()
     assert encoded == reference_state_encoding(state)
     key = facts.product_id.encode()
     assert ProductState.decode(key, encoded) == state
     # A newer worker reads what an older one wrote: the same state, but for what format 1 did not keep.
     older = ProductState.decode(key, version_1_encoding(state, "ab" * 16, 3, title))
-    assert older == state._replace(decided_at_ms=0, reasons=())
+    assert older == state._replace(decided_at_ms=0, reasons=(), held_signals=())
+    # Format 2 as written before held_signals (19 elements) reads as a product that is not held.
+    assert ProductState.decode(key, orjson.dumps(orjson.loads(encoded)[:-1])) == state._replace(held_signals=())
 
 
 def test_state_format_2_fields_are_unchanged() -> None:
@@ -410,8 +429,9 @@ def test_state_format_2_fields_are_unchanged() -> None:
     assert StoredState.__struct_fields__ == (
         "decision", "product_version", "cluster", "cross_border", "policy_version", "decided_at_ms", "reasons",
         "event_id", "seller_id", "seller_country", "ship_from_country", "category_path", "category_id", "hs_code",
-        "price_amount", "price_currency", "occurred_at", "title_digest",
+        "price_amount", "price_currency", "occurred_at", "title_digest", "held_signals",
     )
+    assert StoredState.__struct_defaults__ == ((),)  # a record without it (written before it existed) is not held
 
 
 class _NoFastPath:
@@ -458,9 +478,9 @@ def run_both(policy: Policy, messages: list[tuple[bytes | None, bytes | None]], 
     return fast
 
 
-@pytest.mark.parametrize("name", sorted(RULE_POLICIES))
+@pytest.mark.parametrize("name", sorted(STREAM_POLICIES))
 def test_sample_stream_is_decided_alike(name: str) -> None:
-    policy = RULE_POLICIES[name]
+    policy = STREAM_POLICIES[name]
     sample = list(generate(2000, seed=11, malformed_ratio=0.05, products=300))
     messages: list[tuple[bytes | None, bytes | None]] = [*sample, (b"P-0000001", None), (None, None)]  # tombstones
     messages += sample[:500]  # the same again: stale versions
@@ -484,17 +504,24 @@ def test_policy_swap_moves_the_fast_path_along() -> None:
     assert processor.fast_decisions == 4
 
 
+# Three in a restricted cluster (textile & fashion, food & beverage, crafts), three in none.
+SIGNAL_CATEGORIES = [
+    *(next(c for c in CATEGORIES if c.id.startswith(prefix)) for prefix in ("aa-1", "fb-2", "ae-2-1")), *CATEGORIES[:3],
+]
+
+
 @st.composite
-def message_streams(draw: st.DrawFn) -> list[tuple[bytes | None, bytes | None]]:
-    """A few products and categories, versions up and down, sellers, prices, oddities, tombstones."""
+def message_streams(draw: st.DrawFn, categories: list[Any] = CATEGORIES[:6]) -> list[tuple[bytes | None, bytes | None]]:
+    """A few products and categories, versions up and down, sellers, titles, prices, oddities, tombstones."""
     messages: list[tuple[bytes | None, bytes | None]] = []
     for index in range(draw(st.integers(min_value=1, max_value=25))):
         product = draw(st.sampled_from(["P-1", "P-2", "P-\u00e9"]))
         if draw(st.integers(0, 19)) == 0:
             messages.append((product.encode(), None))
             continue
-        category = draw(st.sampled_from(CATEGORIES[:6]))
+        category = draw(st.sampled_from(categories))
         changes: dict[str, Any] = {
+            "product__title": draw(st.sampled_from([..., "Kemeja batik", "Kemeja batik pria"])),
             "event_id": f"e-{index}",
             "product__id": product,
             "product__version": draw(st.none() | st.integers(0, 4)),
@@ -513,9 +540,52 @@ def message_streams(draw: st.DrawFn) -> list[tuple[bytes | None, bytes | None]]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.sampled_from(sorted(RULE_POLICIES)), message_streams())
+@given(st.sampled_from(sorted(STREAM_POLICIES)), message_streams())
 def test_streams_are_decided_alike(name: str, messages: list[tuple[bytes | None, bytes | None]]) -> None:
-    run_both(RULE_POLICIES[name], messages)
+    run_both(STREAM_POLICIES[name], messages)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(SIGNAL_POLICIES)), message_streams(SIGNAL_CATEGORIES))
+def test_streams_with_review_signals_are_decided_alike(name: str, messages: list[tuple[bytes | None, bytes | None]]) -> None:
+    """Blocked products back domestic, in another category, held or flagged: the fast path hands them over."""
+    run_both(SIGNAL_POLICIES[name], messages)
+
+
+def test_the_signal_streams_do_raise_and_hold() -> None:
+    """What the property above covers: a scripted stream in which every signal case occurs, decided alike."""
+    restricted, unrestricted = SIGNAL_CATEGORIES[0], SIGNAL_CATEGORIES[3]
+
+    def upsert(index: int, country: str, category: Any, seller: str = "S-5", title: str = "Kemeja") -> tuple[bytes, bytes]:
+        return b"P-1", orjson.dumps(make_event(
+            event_id=f"e-{index}", product__id="P-1", product__version=index, product__title=title,
+            product__seller={"id": seller, "country": country}, product__ship_from_country=country,
+            product__category={"path": category.path, "id": category.id}, product__hs_code=...,
+        ))
+
+    script = [  # with what the fast path decides under flag: a signal is looked for after a block that the facts lift
+        ("CN", restricted),  # first decision: fast
+        ("ID", restricted),  # block -> allow: ORIGIN_CHANGED_AFTER_BLOCK, the reference path's
+        ("CN", restricted),  # allow -> block: fast
+        ("CN", unrestricted),  # block -> allow: CATEGORY_CHANGED_AFTER_BLOCK, the reference path's
+        ("CN", restricted),  # fast
+        ("ID", unrestricted),  # both signals: the reference path's
+        ("ID", unrestricted),  # allow -> allow: fast
+        ("CN", restricted),  # fast
+        ("ID", restricted, "S-2"),  # block -> allow by another seller: the reference path's, which raises nothing
+    ]
+    messages: list[tuple[bytes | None, bytes | None]] = [upsert(index, *step) for index, step in enumerate(script, start=1)]
+    # Under hold the product is held from the second event on, and every later event goes the reference way.
+    expected_fast = {"review-flag": 5, "review-hold": 1, "review-hold-origin": 1, "review-off": 9, "review-all": 1}
+    for name, policy in SIGNAL_POLICIES.items():
+        assert run_both(policy, messages).fast_decisions == expected_fast[name], name
+        records = [orjson.loads(outcome.value or b"") for outcome in _outcomes(policy, messages)]
+        assert any(record["review"] for record in records) is (name != "review-off"), (name, records)
+
+
+def _outcomes(policy: Policy, messages: list[tuple[bytes | None, bytes | None]]) -> list[Outcome]:
+    processor = Processor(policy, MemoryStateStore())
+    return [processor.process(key, value, "in", 0, offset, DEC_1) for offset, (key, value) in enumerate(messages)]
 
 
 def test_stored_state_the_fast_path_cannot_read_goes_the_reference_way() -> None:
@@ -539,3 +609,22 @@ def test_repeated_timestamps_format_alike(times: list[float]) -> None:
 
     for epoch in times + times[::-1] + times:
         assert format_timestamp(epoch) == reference(epoch)
+
+
+def test_an_overridden_product_is_decided_alike_and_always_by_the_reference_path() -> None:
+    from worker.kafka.whole_topic import TopicRecord
+    from worker.stream.overrides import OverrideBook
+
+    book = OverrideBook()
+    document = b'{"decision": "allow", "reason": "appeal", "author": "staff", "created_at": "2026-11-01T00:00:00Z"}'
+    book.apply(TopicRecord(0, 0, 0, b"P-0000007", document))
+    sample = list(generate(400, seed=3, malformed_ratio=0.0, products=20))
+    fast = CountingProcessor(POLICY, MemoryStateStore(), overrides=book)
+    reference = ReferenceProcessor(POLICY, MemoryStateStore(), overrides=book)
+    overridden = 0
+    for offset, (key, value) in enumerate(sample):
+        got = fast.process(key, value, "in", 0, offset, DEC_1)
+        assert got == reference.process(key, value, "in", 0, offset, DEC_1)
+        overridden += got.overridden
+        assert got.overridden == (key == b"P-0000007")
+    assert overridden == sum(1 for key, _ in sample if key == b"P-0000007") > 0

@@ -159,6 +159,7 @@ def replace_with(value: Any) -> Mutation:
 
 RULES = len(bundled_document()["category_rules"])
 MIN_PRICE = {"enabled": True, "amount": "100.00", "currency": "USD", "exchange_rates": {"IDR": "0.0000625"}}
+REVIEW = {"enabled": True, "signals": ["origin_changed_after_block", "category_changed_after_block"], "on_signal": "hold"}
 HS_RULES = len(bundled_document()["hs_fallback"]["rules"])
 
 # (mutation, substring of the message, whether policy.schema.json can express the rule too)
@@ -326,6 +327,33 @@ REJECTIONS = [
                  "minimum_price.exchange_rates.USD: a rate from USD to itself", False, id="min-price-rate-own-currency"),
     pytest.param(put("minimum_price", {**MIN_PRICE, "note": ""}), "minimum_price.note: must be 1 to 1000 characters", True,
                  id="min-price-empty-note"),
+    # --- review signals ---
+    pytest.param(put("review", True), "review: expected a mapping, got bool", True, id="review-not-a-mapping"),
+    pytest.param(put("review", {"signals": REVIEW["signals"]}), "review: missing required key 'enabled'", True, id="review-without-enabled"),
+    pytest.param(put("review", {"enabled": True}), "review: missing required key 'signals'", True, id="review-without-signals"),
+    pytest.param(put("review", {**REVIEW, "on_signals": "hold"}), "review: unknown key 'on_signals'", True, id="review-unknown-key"),
+    pytest.param(put("review", {**REVIEW, "enabled": "yes"}), "review.enabled: expected true or false, got str", True,
+                 id="review-enabled-string"),
+    pytest.param(put("review", {**REVIEW, "signals": "origin_changed_after_block"}), "review.signals: expected a list, got str", True,
+                 id="review-signals-not-a-list"),
+    pytest.param(put("review", {**REVIEW, "signals": []}), "review.signals: must be a non-empty list of distinct values from "
+                 "['origin_changed_after_block', 'category_changed_after_block']", True, id="review-signals-empty"),
+    pytest.param(put("review", {**REVIEW, "signals": ["ORIGIN_CHANGED_AFTER_BLOCK"]}), "review.signals: must be a non-empty list", True,
+                 id="review-signal-as-reason-code"),
+    pytest.param(put("review", {**REVIEW, "signals": ["seller_country"]}), "review.signals: must be a non-empty list", True,
+                 id="review-signal-of-cross-border"),
+    pytest.param(put("review", {**REVIEW, "signals": ["origin_changed_after_block"] * 2}), "review.signals: must be a non-empty list",
+                 True, id="review-signal-duplicate"),
+    pytest.param(put("review", {**REVIEW, "signals": [["origin_changed_after_block"]]}), "review.signals: must be a non-empty list",
+                 True, id="review-signal-nested-list"),
+    pytest.param(put("review", {**REVIEW, "on_signal": "block"}), "review.on_signal: 'block' is not one of ['flag', 'hold']", True,
+                 id="review-on-signal-unknown"),
+    pytest.param(put("review", {**REVIEW, "on_signal": ["hold"]}), "review.on_signal: ['hold'] is not one of ['flag', 'hold']", True,
+                 id="review-on-signal-list"),
+    pytest.param(put("review", {**REVIEW, "on_signal": None}), "review.on_signal: None is not one of", True, id="review-on-signal-null"),
+    pytest.param(put("review", {**REVIEW, "note": ""}), "review.note: must be 1 to 1000 characters", True, id="review-empty-note"),
+    pytest.param(put("cross_border.signals", ["origin_changed_after_block"]), "cross_border.signals", True,
+                 id="review-signal-under-cross-border"),
 ]
 
 
@@ -423,6 +451,7 @@ def test_digest_is_the_sha256_of_the_canonical_json_document(policy: Policy) -> 
         pytest.param(put("category_rules.0.note", "a reviewer's note"), id="note-added"),
         pytest.param(put("hs_fallback.enabled", False), id="hs-fallback-off"),
         pytest.param(put("version", "2026.11.1"), id="version"),
+        pytest.param(put("review", {**REVIEW, "enabled": False}), id="review-configured-off"),
     ],
 )
 def test_any_change_to_the_document_changes_the_digest(mutation: Mutation, policy: Policy) -> None:

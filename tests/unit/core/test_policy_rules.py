@@ -52,7 +52,7 @@ def _bundled() -> dict[str, Any]:
 
 def policy_with(
     *, effective: dict[str, str] | None = None, exempt: list[str] | None = None, minimum: dict[str, Any] | None = None,
-    version: str = "rules-test-1",
+    review: dict[str, Any] | None = None, version: str = "rules-test-1",
 ) -> Policy:
     """The bundled policy plus the optional rules given."""
     document = copy.deepcopy(_bundled())
@@ -63,6 +63,8 @@ def policy_with(
         document["exempt_sellers"] = exempt
     if minimum is not None:
         document["minimum_price"] = minimum
+    if review is not None:
+        document["review"] = review
     return parse_policy(document)
 
 
@@ -381,6 +383,7 @@ def test_inert_rules_decide_exactly_like_the_bundled_policy(policy: Policy) -> N
 
 
 def test_bundled_policy_has_none_of_the_optional_rules(policy: Policy) -> None:
+    assert policy.review is None and policy.review_signals == () and policy.held_signals == frozenset()
     assert policy.exempt_sellers == frozenset()
     assert policy.minimum_price is None and policy.active_minimum_price is None
     assert all(cluster.effective_from is None for cluster in policy.clusters.values())
@@ -401,6 +404,27 @@ def test_parsed_values() -> None:
     assert (rule.amount, rule.currency, rule.applies_to) == (Decimal("100.00"), "USD", "cross_border")
     assert rule.exempt_hs_prefixes == frozenset({"4901", "4903", "3706", "8523"})
     assert rule.exchange_rates["IDR"] == Decimal("0.0000625")
+
+
+@pytest.mark.parametrize(
+    ("review", "signals", "held", "summary"),
+    [
+        pytest.param(None, (), frozenset(), "optional rules: none", id="absent"),
+        pytest.param({"enabled": True, "signals": ["category_changed_after_block", "origin_changed_after_block"]},
+                     (Reason.ORIGIN_CHANGED_AFTER_BLOCK, Reason.CATEGORY_CHANGED_AFTER_BLOCK), frozenset(),
+                     "review signals origin_changed_after_block, category_changed_after_block (on_signal: flag)",
+                     id="flag-by-default-in-a-fixed-order"),
+        pytest.param({"enabled": True, "signals": ["category_changed_after_block"], "on_signal": "hold", "note": "issue 17"},
+                     (Reason.CATEGORY_CHANGED_AFTER_BLOCK,), frozenset({Reason.CATEGORY_CHANGED_AFTER_BLOCK}),
+                     "review signals category_changed_after_block (on_signal: hold)", id="hold-one"),
+        pytest.param({"enabled": False, "signals": ["origin_changed_after_block"], "on_signal": "hold"}, (), frozenset(),
+                     "review signals origin_changed_after_block (on_signal: hold) (configured, disabled)", id="configured-disabled"),
+    ],
+)
+def test_review_section_parsed(review: dict[str, Any] | None, signals: tuple[str, ...], held: frozenset[str], summary: str) -> None:
+    policy = policy_with(review=review)
+    assert (policy.review_signals, policy.held_signals) == (signals, held)
+    assert policy.summary().endswith(summary), policy.summary()
 
 
 def test_applies_to_defaults_to_cross_border() -> None:
@@ -435,13 +459,14 @@ def test_bundled_policy_examples_of_the_optional_rules_are_valid_when_uncommente
     text = resources.files("worker.policies").joinpath(BUNDLED_POLICY).read_text(encoding="utf-8")
     tail = text.split("# --- optional rules", 1)[1]
     examples = yaml.safe_load("\n".join(line[4:] for line in tail.splitlines() if line.startswith("#   ")))
-    assert set(examples) == {"clusters", "exempt_sellers", "minimum_price"}
+    assert set(examples) == {"clusters", "exempt_sellers", "minimum_price", "review"}
     document = copy.deepcopy(_bundled())
     document["clusters"]["crafts"].update(examples["clusters"]["crafts"])
-    document.update(exempt_sellers=examples["exempt_sellers"], minimum_price=examples["minimum_price"])
+    document.update(exempt_sellers=examples["exempt_sellers"], minimum_price=examples["minimum_price"], review=examples["review"])
     policy = parse_policy_bytes(orjson.dumps(document))
     assert policy.clusters["crafts"].effective_from == DEC_1 - 7 * HOUR
     assert policy.active_minimum_price is not None and policy.exempt_sellers
+    assert policy.review_signals == (Reason.ORIGIN_CHANGED_AFTER_BLOCK, Reason.CATEGORY_CHANGED_AFTER_BLOCK)
     assert classify(item(PHONE, hs_code="4901.99"), policy, DEC_1).reasons[-1] == Reason.HS_EXEMPT_FROM_MINIMUM_PRICE
 
 
@@ -449,6 +474,7 @@ def test_policy_schema_examples_load() -> None:
     schema = json.loads((ROOT / "schemas" / "policy.schema.json").read_text(encoding="utf-8"))
     loaded = [parse_policy(example) for example in schema["examples"]]
     assert any(policy.active_minimum_price is not None and policy.exempt_sellers for policy in loaded)
+    assert any(policy.held_signals for policy in loaded)
 
 
 # --- the contract lists every code --------------------------------------------------------

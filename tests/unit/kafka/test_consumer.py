@@ -15,6 +15,7 @@ from faust.types import TP
 from worker.stream.app import create_app
 from worker.core import load_bundled_policy
 from worker.kafka.consumer import Consumer
+from worker.kafka import stable_offsets
 from worker.kafka.stable_offsets import UNSTABLE_OFFSET_COMMIT, OffsetFetchResponse_v7, StableOffsetFetchRequest
 from worker.settings import Settings
 
@@ -289,7 +290,9 @@ def fetched(consumer: Consumer, offsets: range | Mapping[TP, range], meanwhile: 
     async def wait_next_records(timeout: float) -> tuple[Mapping[TP, list[ConsumerRecord]], set[TP]]:
         if meanwhile is not None:
             await meanwhile()
-        return {tp: [record(o, tp) for o in tp_offsets] for tp, tp_offsets in by_partition.items()}, set(by_partition)
+        records = {tp: [record(o, tp) for o in tp_offsets] for tp, tp_offsets in by_partition.items()}
+        consumer._note_fetched(records)  # as Consumer._wait_next_records does with what Faust's fetched
+        return records, set(by_partition)
 
     consumer._wait_next_records = wait_next_records  # type: ignore[method-assign]
 
@@ -569,3 +572,61 @@ def test_a_commit_tells_which_partitions_it_committed(consumer: Consumer, monkey
     consumer.on_committed = committed.append
     assert run(consumer, consumer._commit_offsets({mine: 5, gone: 3})) is True
     assert sent == [{mine: 5}] and committed == [{mine}], "only what Faust committed: a revoked partition is not"
+
+
+def stopping_after(consumer: Consumer, getmany: Any, count: int) -> list[tuple[TP, int]]:
+    """What ``getmany`` hands over when the flow stops after ``count`` records (a rebalance begins meanwhile)."""
+
+    async def drain() -> list[tuple[TP, int]]:
+        got = []
+        async for tp, message in getmany(1.0):
+            got.append((tp, message.offset))
+            if len(got) == count:
+                consumer.stop_flow()
+        return got
+
+    return run(consumer, drain())  # type: ignore[return-value]
+
+
+def test_fausts_own_getmany_drops_the_rest_of_a_fetch_when_the_flow_stops(consumer: Consumer) -> None:
+    """Why changelog partitions are sought back: aiokafka's positions are already past what was dropped."""
+    changelog = TP(*consumer.app.tables.changelog_topics, 0)
+    streaming(consumer, committed=100)
+    consumer._set_active_tps({changelog})
+    fetched(consumer, {changelog: range(7, 13)})
+    faust_getmany = lambda timeout: faust_aiokafka.Consumer.getmany(consumer, timeout)  # noqa: E731
+    assert stopping_after(consumer, faust_getmany, 2) == [(changelog, 7), (changelog, 8)]
+
+
+def test_a_changelog_fetch_not_all_handed_over_is_read_again_from_the_first_dropped_record(consumer: Consumer) -> None:
+    changelog = TP(*consumer.app.tables.changelog_topics, 0)
+    aiokafka_consumer = streaming(consumer, committed=100)
+    aiokafka_consumer.committed[changelog] = None  # assigned (a standby), never committed
+    consumer._set_active_tps({changelog})
+    fetched(consumer, {changelog: range(7, 13)})
+    assert stopping_after(consumer, consumer.getmany, 2) == [(changelog, 7), (changelog, 8)]
+    assert aiokafka_consumer.sought == [(changelog, 9)]
+    fetched(consumer, {changelog: range(9, 13)})
+    consumer.resume_flow()
+    assert stopping_after(consumer, consumer.getmany, 99) == [(changelog, o) for o in range(9, 13)]
+    assert aiokafka_consumer.sought == [(changelog, 9)], "all handed over: no seek"
+
+
+@pytest.mark.parametrize("in_transaction, falls_back", [(False, True), (True, False)])
+def test_a_seek_falls_back_from_unstable_offsets_only_under_at_least_once(
+    in_transaction: bool, falls_back: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At the wait's bound a stale committed offset means repeats: at_least_once's deal, never exactly_once's."""
+    asked: list[dict[str, Any]] = []
+
+    async def committed_offsets(consumer: Any, partitions: Any, **options: Any) -> dict[TP, int | None]:
+        asked.append(options)
+        return {INPUT: 5}
+
+    monkeypatch.setattr(stable_offsets, "committed_offsets", committed_offsets)
+    for consumer in make_consumer(in_transaction=in_transaction):
+        observer = consumer.transport.on_offsets_wait  # type: ignore[attr-defined]
+        assert observer is not None, "create_app counts the waits"
+        on_this_thread(consumer, Committed({INPUT: 5}))  # type: ignore[arg-type]
+        run(consumer, consumer._thread.seek_to_committed())
+        assert asked == [{"fall_back": falls_back, "observe": observer}]
