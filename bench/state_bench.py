@@ -129,15 +129,16 @@ class StateBench:
                             POLICY_TOPIC=self.policy_topic, **settings)
 
     async def ready(self, proc: Proc, partitions: int | None = None, what: str = "ready") -> dict[str, Any]:
-        """Until /readyz is 200 (a recovery under way is a rebalance: not ready) and every assigned partition is held
-        as active state (and ``partitions`` of them, when given); the /readyz body."""
+        """Until /readyz is 200 with no rebalance or recovery under way (a worker past its first recovery is ready
+        during a later one: the body's rebalancing and recovering say so) and every assigned partition is held as
+        active state (and ``partitions`` of them, when given); the /readyz body."""
         deadline = time.monotonic() + self.timeout()
         body: dict[str, Any] | None = None
         while time.monotonic() < deadline:
             proc.check()
             proc.sample()
             body = proc.readyz()
-            if body is not None and body.get("ready"):
+            if body is not None and body.get("ready") and not body.get("rebalancing") and not body.get("recovering"):
                 assigned = set(body.get("assigned_partitions", []))
                 text = metrics_text(proc)
                 active = {p for p, role in held(text or "") if role == "active"}

@@ -54,10 +54,10 @@ def send_with(client: str) -> Callable[[str, str, Sequence[tuple[bytes, bytes]]]
     return send
 
 
-def migrate(worker: WorkerProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    """`compliance-worker state migrate --json ARGS` with the worker's own settings."""
+def migrate(worker: WorkerProcess, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """`compliance-worker state migrate --json ARGS` with the worker's own settings (and ``settings``)."""
     executable = Path(sys.executable).with_name("compliance-worker")
-    return subprocess.run([str(executable), "state", "migrate", "--json", *args], env=worker.env(),
+    return subprocess.run([str(executable), "state", "migrate", "--json", *args], env=worker.env(**settings),
                           capture_output=True, text=True, timeout=300)
 
 
@@ -111,10 +111,10 @@ def topics_of(bootstrap: str) -> set[str]:
     return asyncio.run(run())
 
 
-def refuses_to_start(worker: WorkerProcess) -> str:
+def refuses_to_start(worker: WorkerProcess, **settings: str) -> str:
     """Start the worker, expect exit 2 with one `compliance-worker worker:` line; that line."""
     before = len(worker.log_path.read_text().splitlines())
-    worker.start()
+    worker.start(**settings)
     assert worker.process is not None
     code = worker.process.wait(60)
     worker.stop()
@@ -320,3 +320,34 @@ def test_an_input_grown_before_any_product_had_state(start_worker: Callable[...,
     produce(worker.bootstrap, worker.input_topic, messages)
     found = decisions_in_order(worker, messages)
     assert all(len(found[key.decode()]) == 1 for key, _ in messages)
+
+
+def test_with_key_mismatch_repartition_the_state_follows_the_repartition_topic(
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    repartition = {"KEY_MISMATCH": "repartition"}
+    worker = start_worker(**repartition)
+    # The upstream keys by seller: the worker sends each event on keyed by product id (its own producer: murmur2).
+    first = products(1)
+    produce(worker.bootstrap, worker.input_topic, [(f"seller-{n % 5}".encode(), v) for n, (_k, v) in enumerate(first)])
+    decisions_in_order(worker, first)
+    worker.stop()
+    topic = f"{worker.app_id}-product-id-repartition"
+    grow(worker.bootstrap, topic, NEW)
+    line = refuses_to_start(worker, **repartition)
+    assert f"the repartition topic {topic} has {NEW} partitions but the state changelog" in line
+
+    done = migrate(worker, "--execute", **repartition)
+    assert done.returncode == 0, done.stderr
+    summary = orjson.loads(done.stdout)
+    assert (summary["topic"], summary["partitioner"], summary["products"]) == (topic, "murmur2", PRODUCTS)
+    assert 0 < summary["moved"] == summary["copied"] == summary["tombstoned"] < PRODUCTS
+
+    worker.start(**repartition)
+    worker.wait_ready()
+    second = products(2, flip=True)
+    produce(worker.bootstrap, worker.input_topic, [(f"seller-{n % 5}".encode(), v) for n, (_k, v) in enumerate(second)])
+    found = decisions_in_order(worker, second)
+    for old, new in zip(first, second):
+        [body] = found[old[0].decode()]
+        assert (body["previous_decision"], body["decision"]) == (decision_of(old), decision_of(new)), body

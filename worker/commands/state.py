@@ -47,7 +47,7 @@ class MigrateBrokerError(ComplianceError):
 class Marker:
     """What an unfinished migration does: a rerun continues it (same partition counts, same partitioner)."""
 
-    input_topic: str
+    topic: str  # the topic the state follows: INPUT_TOPIC, or the repartition topic (KEY_MISMATCH=repartition)
     from_partitions: int
     to_partitions: int
     partitioner: str
@@ -55,7 +55,7 @@ class Marker:
 
     def encode(self) -> bytes:
         return orjson.dumps({
-            "input_topic": self.input_topic, "from_partitions": self.from_partitions,
+            "topic": self.topic, "from_partitions": self.from_partitions,
             "to_partitions": self.to_partitions, "partitioner": self.partitioner, "started_at": self.started_at,
         })
 
@@ -64,7 +64,7 @@ class Marker:
         try:
             body = orjson.loads(data or b"")
             marker = cls(
-                str(body["input_topic"]), int(body["from_partitions"]), int(body["to_partitions"]),
+                str(body["topic"]), int(body["from_partitions"]), int(body["to_partitions"]),
                 str(body["partitioner"]), str(body["started_at"]),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
@@ -76,9 +76,9 @@ class Marker:
 class Layout:
     """What the cluster says before any state is read."""
 
-    input_topic: str
+    topic: str  # the topic the state follows (Settings.state_topic)
     changelog: str
-    input_partitions: int
+    partitions: int
     changelog_partitions: int | None  # None: no changelog yet (no product has state)
     marker: Marker | None
     marker_exists: bool  # the marker topic, even when it holds no readable marker
@@ -109,11 +109,11 @@ def scope(layout: Layout, requested: str, app_id: str) -> Scope | str:
             f"it is not this command's; look at it, delete it if it is stale, and run again"
         )
     if marker is not None:
-        if marker.input_topic != layout.input_topic or marker.to_partitions != layout.input_partitions:
+        if marker.topic != layout.topic or marker.to_partitions != layout.partitions:
             raise MigrateRefused(
                 f"an unfinished migration of {app_id}'s state to {marker.to_partitions} partitions of "
-                f"{marker.input_topic} was started at {marker.started_at}, but INPUT_TOPIC {layout.input_topic} has "
-                f"{layout.input_partitions}: run it with the settings it was started with"
+                f"{marker.topic} was started at {marker.started_at}, but {layout.topic} has {layout.partitions}: run "
+                f"it with the settings it was started with"
             )
         if requested not in (AUTO, marker.partitioner):
             raise MigrateRefused(
@@ -127,15 +127,15 @@ def scope(layout: Layout, requested: str, app_id: str) -> Scope | str:
                 f"{layout.changelog_partitions}: it was changed meanwhile; look at it before going on"
             )
         return Scope(marker.from_partitions, marker.to_partitions, marker.partitioner, resuming=True)
-    states, inputs = layout.changelog_partitions, layout.input_partitions
+    states, inputs = layout.changelog_partitions, layout.partitions
     if states is None:
         return f"{layout.changelog} does not exist: no product has state yet, nothing to migrate"
     if states == inputs:
-        return f"{layout.changelog} has as many partitions as {layout.input_topic} ({inputs}): nothing to migrate"
+        return f"{layout.changelog} has as many partitions as {layout.topic} ({inputs}): nothing to migrate"
     if states > inputs:
         raise MigrateRefused(
-            f"{layout.input_topic} has {inputs} partitions, fewer than the {states} of {layout.changelog}: a topic "
-            f"cannot shrink, so state cannot follow; was the input topic deleted and created again?"
+            f"{layout.topic} has {inputs} partitions, fewer than the {states} of {layout.changelog}: a topic "
+            f"cannot shrink, so state cannot follow; was {layout.topic} deleted and created again?"
         )
     return Scope(states, inputs, None if requested == AUTO else requested, resuming=False)
 
@@ -157,7 +157,7 @@ class Summary:
     """What a migration (or its dry run) read, found and did."""
 
     changelog: str
-    input_topic: str
+    topic: str  # the topic the state follows
     dry_run: bool
     old: int = 0
     new: int = 0
@@ -182,7 +182,7 @@ class Summary:
         return {
             "dry_run": self.dry_run,
             "changelog": self.changelog,
-            "input_topic": self.input_topic,
+            "topic": self.topic,
             "started_at": format_timestamp(self.started_at),
             "nothing_to_do": self.nothing,
             "from_partitions": self.old or None,
@@ -217,7 +217,7 @@ class Summary:
         p = self.plan
         assert p is not None
         moves, stale = len(p.moves), sum(len(s.stale) for s in p.cleanups)
-        where = f"{self.changelog} from {self.old} to {self.new} partitions (the partitions of {self.input_topic})"
+        where = f"{self.changelog} from {self.old} to {self.new} partitions (the partitions of {self.topic})"
         if self.dry_run:
             head = f"dry run: would migrate {where}; nothing was written (--execute does it)"
         elif self.stopped is None:
@@ -360,10 +360,11 @@ class Kafka:
         settings = self.settings
         # Every topic first: asking for one by name may have a broker create it (auto.create.topics.enable).
         known = set(await self._call("cannot list topics", self.admin.list_topics()))
-        if settings.input_topic not in known:
-            raise MigrateBrokerError(f"the input topic {settings.input_topic} (INPUT_TOPIC) does not exist at "
-                                     f"{settings.kafka_bootstrap_servers}")
-        names = [name for name in (settings.input_topic, changelog) if name in known]
+        topic = settings.state_topic
+        if topic not in known:
+            what = "the input topic" if topic == settings.input_topic else "the repartition topic (KEY_MISMATCH=repartition)"
+            raise MigrateBrokerError(f"{what} {topic} does not exist at {settings.kafka_bootstrap_servers}")
+        names = [name for name in (topic, changelog) if name in known]
         described = await self._call("cannot describe topics", self.admin.describe_topics(names))
         counts = {t["topic"]: len(t["partitions"]) for t in described}
         marker = await self._read_marker(marker_name) if marker_name in known else None
@@ -372,7 +373,7 @@ class Kafka:
             f"cannot describe consumer group {settings.app_id}", self.admin.describe_consumer_groups([settings.app_id]),
         )
         members = sum(len(group[5]) for response in responses for group in response.groups if group[1] == settings.app_id)
-        return Layout(settings.input_topic, changelog, counts[settings.input_topic], counts.get(changelog), marker,
+        return Layout(topic, changelog, counts[topic], counts.get(changelog), marker,
                       marker_name in known, members)
 
     def consumer(self) -> AIOKafkaConsumer:
@@ -515,7 +516,7 @@ async def migrate(
 ) -> Summary:
     changelog = changelog_topic(settings)
     marker_name = migration_topic(settings)
-    summary = Summary(changelog, settings.input_topic, dry_run=not execute)
+    summary = Summary(changelog, settings.state_topic, dry_run=not execute)
     started = time.monotonic()
     kafka = Kafka(settings, timeout)
     try:
@@ -559,7 +560,7 @@ async def migrate(
 
         if layout.marker is None:
             await kafka.write_marker(marker_name, Marker(
-                settings.input_topic, chosen.old, chosen.new, partitioner, format_timestamp(time.time()),
+                settings.state_topic, chosen.old, chosen.new, partitioner, format_timestamp(time.time()),
             ), exists=layout.marker_exists)
         if current < chosen.new:
             await kafka.grow(changelog, chosen.new)
@@ -627,8 +628,9 @@ async def write(
 async def count_undecided(
     kafka: Kafka, settings: Settings, chosen: Scope, partitioner: str, into: Undecided, progress: Progress,
 ) -> None:
-    """Events on the input's old partitions after the group's committed offsets, and those of products that move."""
-    tps = [TopicPartition(settings.input_topic, p) for p in range(chosen.old)]
+    """Events on the old partitions of the topic the state follows after the group's committed offsets, and those of
+    products that move."""
+    tps = [TopicPartition(settings.state_topic, p) for p in range(chosen.old)]
     committed = await kafka.committed(tps)
     moving: set[bytes] = set()
     # A partition the group never committed on was never decided: all of it waits.
@@ -636,14 +638,14 @@ async def count_undecided(
         tp.partition: (committed[tp.partition], 1 << 62) if tp.partition in committed else None for tp in tps
     }
     ends: dict[TopicPartition, int] = {}
-    async for messages in kafka.scan({settings.input_topic: ranges}, ends):
+    async for messages in kafka.scan({settings.state_topic: ranges}, ends):
         for message in messages:
             into.events += 1
             key = message.key
             if key and partition_for(partitioner, key, chosen.new) != message.partition:
                 into.moving_events += 1
                 moving.add(key)
-        progress.show(lambda: f"reading undecided events of {settings.input_topic}: {into.events:,}")
+        progress.show(lambda: f"reading undecided events of {settings.state_topic}: {into.events:,}")
     progress.clear()
     into.moving_products = len(moving)
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from tests.integration.conftest import Broker
 from tests.integration.interop.clients import java_console_produce, kcat_envelopes, kcat_produce
 from tests.integration.kafka import create_topics
 from worker.core.partitioning import partition_for
@@ -27,9 +28,12 @@ KEYS = [
 ]
 
 
-def aiokafka_produce(bootstrap: str, topic: str, messages: Sequence[tuple[str, str]]) -> None:
+Produce = Callable[[Broker, str, Sequence[tuple[str, str]]], None]
+
+
+def aiokafka_produce(broker: Broker, topic: str, messages: Sequence[tuple[str, str]]) -> None:
     async def run() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
         await producer.start()
         try:
             await asyncio.gather(*[await producer.send(topic, v.encode(), key=k.encode()) for k, v in messages])
@@ -39,18 +43,18 @@ def aiokafka_produce(bootstrap: str, topic: str, messages: Sequence[tuple[str, s
     asyncio.run(run())
 
 
-def confluent_produce(bootstrap: str, topic: str, messages: Sequence[tuple[str, str]]) -> None:
+def confluent_produce(broker: Broker, topic: str, messages: Sequence[tuple[str, str]]) -> None:
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})  # librdkafka's default partitioner
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})  # librdkafka's default partitioner
     failed: list[str] = []
     for key, value in messages:
         producer.produce(topic, value.encode(), key.encode(), on_delivery=lambda err, _msg: failed.append(str(err)) if err else None)
     assert producer.flush(60) == 0 and failed == []
 
 
-def kcat(*extra: str) -> Callable[[str, str, Sequence[tuple[str, str]]], None]:
-    return lambda bootstrap, topic, messages: kcat_produce(bootstrap, topic, messages, *extra)
+def kcat(*extra: str) -> Produce:
+    return lambda broker, topic, messages: kcat_produce(broker.bootstrap, topic, messages, *extra)
 
 
 @pytest.mark.parametrize(
@@ -67,13 +71,11 @@ def kcat(*extra: str) -> Callable[[str, str, Sequence[tuple[str, str]]], None]:
         pytest.param(java_console_produce, "murmur2", id="java-console-producer"),
     ],
 )
-def test_each_client_puts_each_key_where_its_partitioner_says(
-    kafka: str, produce: Callable[[str, str, Sequence[tuple[str, str]]], None], partitioner: str,
-) -> None:
+def test_each_client_puts_each_key_where_its_partitioner_says(broker: Broker, produce: Produce, partitioner: str) -> None:
     topic = f"it-{uuid.uuid4().hex[:10]}.partitioners"
-    create_topics(kafka, [topic], partitions=PARTITIONS)
-    produce(kafka, topic, [(key, f"v-{n}") for n, key in enumerate(KEYS)])
-    placed = {envelope["key"]: envelope["partition"] for envelope in kcat_envelopes(kafka, topic)}
+    create_topics(broker.bootstrap, [topic], partitions=PARTITIONS)
+    produce(broker, topic, [(key, f"v-{n}") for n, key in enumerate(KEYS)])
+    placed = {envelope["key"]: envelope["partition"] for envelope in kcat_envelopes(broker.bootstrap, topic)}
     assert sorted(placed) == sorted(KEYS)
     wrong = {key: (partition, partition_for(partitioner, key.encode(), PARTITIONS))
              for key, partition in placed.items() if partition != partition_for(partitioner, key.encode(), PARTITIONS)}
