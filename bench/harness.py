@@ -13,6 +13,10 @@ Benches (default: all but `latency_raw`; pick with --only):
   scale         one worker, then two in one group, on a 2-partition input: aggregate events/s
   rss           the worker over --rss-events (default 1,000,000) about --events/3 products: RSS after
                 --events vs at the end
+  state         bench.state_bench: the worker over --state-products (default 1,000,000) distinct products: RocksDB
+                next to the memory store (events/s, same input), peak RSS, disk bytes per product (STATE_DIR and the
+                changelog on the broker's disk), restart-to-ready on local state and with it wiped, rebalance-to-ready
+                with and without a standby, re-screening after a policy change
   latency_raw   the latency bench with the raw aiokafka loop in the worker's place (a reference; not default)
 
 The input is generated once (worker.commands.sample.generate: Shopify taxonomy, mixed origins, ~1% malformed) and
@@ -50,13 +54,14 @@ import orjson
 from bench import procs
 from bench.kafka_io import ROOT, HarnessError, Kafka, LocalBroker, Topics
 from bench.procs import Proc
+from bench.state_bench import STATE_TARGETS, StateBench
 from bench.compat import MemoryStateStore, Processor, generate
 from worker.core import load_bundled_policy
 
 BENCHES = ("core", "raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust", "worker", "exactly_once", "latency",
-           "scale", "rss", "compression", "latency_raw")
+           "scale", "rss", "compression", "state", "latency_raw")
 DEFAULT_BENCHES = ("core", "raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust", "worker", "exactly_once",
-                   "latency", "scale", "rss", "compression")
+                   "latency", "scale", "rss", "compression", "state")
 # The benches that run one process over the pre-loaded input: the summary reports each one's peak RSS.
 PROCESS_BENCHES = ("raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust", "worker", "exactly_once")
 COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")  # KAFKA_COMPRESSION_TYPE
@@ -79,6 +84,7 @@ TARGETS = {
     "latency_p99<50ms": 50.0,
     "scale>=1.6x": 1.6,
     "rss_flat_within_10%": 1.10,
+    **STATE_TARGETS,
 }
 
 
@@ -461,6 +467,9 @@ class BrokerBenches:
             figures["cpu_vs_none"] = round(figures["cpu_us_per_event"] / base["cpu_us_per_event"], 3)
         return {"bench": "compression", "events": len(self.events), "codecs": codecs}
 
+    async def state(self) -> dict[str, Any]:
+        return await StateBench(self).run()
+
     async def latency(self) -> dict[str, Any]:
         return await self._latency("latency", lambda topics: procs.worker(
             self.bootstrap, topics, f"bench-{self.run_id}-latency", self.log_dir / "latency-worker.log"
@@ -718,6 +727,9 @@ def summary(results: Results, args: argparse.Namespace, started: float, log_dir:
     p99 = results.get("latency", "p99_ms")
     scale_ratio = results.get("scale", "scale_ratio")
     growth = results.get("rss", "peak_growth")
+    state_rss = results.get("state", "peak_rss_mb")
+    state_restart = results.get("state", "restart_local_ready_s")
+    state_vs_memory = results.get("state", "rocksdb/memory")
 
     def check(value: Any, ok: Callable[[Any], bool]) -> bool | None:
         return None if value is None else bool(ok(value))
@@ -733,6 +745,9 @@ def summary(results: Results, args: argparse.Namespace, started: float, log_dir:
         "latency_p99<50ms": check(p99, lambda v: v < TARGETS["latency_p99<50ms"]),
         "scale>=1.6x": check(scale_ratio, lambda v: v >= TARGETS["scale>=1.6x"]),
         "rss_flat_within_10%": check(growth, lambda v: v <= TARGETS["rss_flat_within_10%"]),
+        "state_peak_rss<=1GiB": check(state_rss, lambda v: v <= TARGETS["state_peak_rss<=1GiB"]),
+        "state_restart_ready<=30s": check(state_restart, lambda v: v <= TARGETS["state_restart_ready<=30s"]),
+        "state_rocksdb>=0.85x_memory": check(state_vs_memory, lambda v: v >= TARGETS["state_rocksdb>=0.85x_memory"]),
     }
     peaks = [results.get(name, "peak_rss_mb") for name in ("worker", "rss")]
     return {
@@ -742,6 +757,7 @@ def summary(results: Results, args: argparse.Namespace, started: float, log_dir:
         "worker/confluent_raw": vs_confluent,
         "worker/quix_streams": vs_quix,
         "worker/naive_faust": vs_naive,
+        "state_rocksdb/memory": state_vs_memory,
         "cores": os.cpu_count(),
         "worker_peak_rss_mb": max((p for p in peaks if p), default=None),
         "peak_rss_mb": peak_rss,
@@ -819,6 +835,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rss-products", type=int,
                         help="distinct products in the rss input (default: as many as the main input, --events/3; "
                              "0: --rss-events/3)")
+    parser.add_argument("--state-products", type=int, default=1_000_000,
+                        help="distinct products (one event each) of the state bench (default 1,000,000)")
     parser.add_argument("--latency-rate", type=int, default=5000, help="events/s of the latency bench (default 5,000)")
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="how long it produces (default 20)")
     parser.add_argument("--core-repeats", type=int, default=3, help="core: best of this many passes (default 3)")
@@ -840,8 +858,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.benches = [name for name in BENCHES if name in names]
     if args.rss_products is not None and args.rss_products < 0:
         parser.error("--rss-products must be 0 or positive")
-    if min(args.events, args.rss_events, args.latency_rate, args.partitions) < 1 or args.latency_seconds <= 0:
-        parser.error("--events, --rss-events, --latency-rate, --latency-seconds and --partitions must be positive")
+    if min(args.events, args.rss_events, args.latency_rate, args.partitions, args.state_products) < 1 \
+            or args.latency_seconds <= 0:
+        parser.error("--events, --rss-events, --state-products, --latency-rate, --latency-seconds and --partitions "
+                     "must be positive")
     return args
 
 

@@ -69,9 +69,11 @@ def test_every_bench_prints_one_json_line_and_a_summary(kafka: str, tmp_path: Pa
     assert set(summary["targets"]) == {
         "worker>=5x_naive_faust", "worker>=0.5x_raw_aiokafka", "worker>=1.0x_quix_streams", "worker>=1.3x_quix_streams",
         "worker_peak_rss<quix_streams_peak_rss", "latency_p99<50ms", "scale>=1.6x", "rss_flat_within_10%",
+        "state_peak_rss<=1GiB", "state_restart_ready<=30s", "state_rocksdb>=0.85x_memory",
     }
-    assert summary["targets"]["rss_flat_within_10%"] is None  # rss was not asked for
-    assert all(isinstance(summary["targets"][name], bool) for name in summary["targets"] if name != "rss_flat_within_10%")
+    not_run = {"rss_flat_within_10%", "state_peak_rss<=1GiB", "state_restart_ready<=30s", "state_rocksdb>=0.85x_memory"}
+    assert all(summary["targets"][name] is None for name in not_run)  # rss and state were not asked for
+    assert all(isinstance(summary["targets"][name], bool) for name in summary["targets"] if name not in not_run)
     assert (tmp_path / "bench" / "results.jsonl").read_text().splitlines() == result.stdout.splitlines()
 
 
@@ -91,3 +93,40 @@ def test_the_exactly_once_bench_runs_the_worker_under_transactions(kafka: str, t
     assert line["exit_code"] == 0 and line["events_per_s"] > 0
     starting = orjson.loads((tmp_path / "bench" / "exactly_once.log").read_text().splitlines()[0])
     assert starting["event"] == "starting" and starting["settings"]["processing_guarantee"] == "exactly_once"
+
+
+def test_the_state_bench_on_a_few_thousand_products(kafka: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "bench", "--only", "state", "--state-products", str(EVENTS), "--events", "100",
+            "--bootstrap", kafka, "--log-dir", str(tmp_path / "bench"),
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}"
+    state, summary = (orjson.loads(line) for line in result.stdout.splitlines())
+    assert (state["bench"], summary["bench"], summary["errors"]) == ("state", "summary", []), result.stderr[-4000:]
+    assert state["events"] == EVENTS and 0.95 * EVENTS < state["products"] < EVENTS  # ~1% malformed: dead letters
+    for store in ("rocksdb", "memory"):
+        line = state[store]
+        assert (line["decisions"], line["dead_letters"], line["missing"], line["duplicates"], line["exit_code"]) == (
+            state["products"], EVENTS - state["products"], 0, 0, 0), store
+        assert line["events_per_s"] > 0 and line["peak_rss_mb"] > 0, store
+    assert state["rocksdb/memory"] == round(state["rocksdb"]["events_per_s"] / state["memory"]["events_per_s"], 3)
+    assert state["state_dir_bytes_per_product"] > 0 and state["changelog_bytes"] is None  # not the bench's broker
+    # On its own directory it reads nothing again; wiped, every product's one changelog record.
+    assert (state["restart_local"]["restored_records"], state["restart_wiped"]["restored_records"]) == (
+        0, state["products"])
+    assert state["restart_local_ready_s"] == state["restart_local"]["ready_s"] > 0
+    rescreen = state["rescreen"]
+    assert rescreen["products"] == state["products"] and 0 < rescreen["changed"] < state["products"]
+    assert rescreen["products_per_s"] > 0 and rescreen["publish_to_finished_s"] >= rescreen["seconds"]
+    with_standby, without = state["rebalance"]["with_standby"], state["rebalance"]["without_standby"]
+    assert (with_standby["standby_replicas"], without["standby_replicas"]) == (1, 0)
+    assert with_standby["restored_records_on_takeover"] < without["restored_records_on_takeover"]
+    assert without["restored_records_on_takeover"] >= state["products"] / 4  # two partitions' changelog, never held
+    assert state["peak_rss_mb"] == max(state["peak_rss_mb_by_phase"].values()) > 0
+    assert summary["state_rocksdb/memory"] == state["rocksdb/memory"]
+    for target in ("state_peak_rss<=1GiB", "state_restart_ready<=30s", "state_rocksdb>=0.85x_memory"):
+        assert isinstance(summary["targets"][target], bool), target
+    assert summary["targets"]["latency_p99<50ms"] is None  # latency was not asked for

@@ -1,4 +1,4 @@
-"""The `compliance-worker` command: worker, check, simulate, policy, dead-letters replay, override, status, sample."""
+"""The `compliance-worker` command: worker, check, simulate, policy, dead-letters, state, override, status, sample."""
 
 from __future__ import annotations
 
@@ -157,6 +157,29 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--bootstrap", help="overrides KAFKA_BOOTSTRAP_SERVERS")
     replay.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait for the broker (default: 30)")
 
+    state = commands.add_parser("state", help="the per-product state: move it after the input topic grew")
+    state_actions = state.add_subparsers(dest="action", required=True, metavar="ACTION")
+    migrate = state_actions.add_parser(
+        "migrate", help="after INPUT_TOPIC grew, move each product's state to its new partition (a dry run unless --execute)",
+        description="After partitions were added to INPUT_TOPIC, reads the state changelog (read_committed) and moves "
+                    "each product's state to the changelog partition its events arrive on from now on, as the "
+                    "upstream's partitioner places them; the partitioner is found from where the keys are "
+                    "(--partitioner auto) or named. With --execute it grows the changelog to the input's partition "
+                    "count, writes each moved state to its new partition, then a tombstone where it was. Every worker "
+                    "of APP_ID must be stopped. Exit 0 when done (or nothing to do), 1 when Kafka failed (run it "
+                    "again: it goes on where it stopped), 2 when it refuses, with one line saying why.",
+        epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    migrate.add_argument("--partitioner", choices=("auto", "murmur2", "crc32", "fnv1a"), default="auto",
+                         help="how the upstream producers place keys: murmur2 (Java clients, aiokafka), crc32 "
+                              "(librdkafka's default consistent_random, and consistent), fnv1a; auto (default) finds "
+                              "it from where the keys are")
+    migrate.add_argument("--execute", action="store_true", help="migrate (without it: a dry run, nothing is written)")
+    migrate.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    migrate.add_argument("--bootstrap", help="overrides KAFKA_BOOTSTRAP_SERVERS")
+    migrate.add_argument("--timeout", type=_seconds, default=30.0,
+                         help="seconds to wait for each answer of the broker (default: 30)")
+
     _override_parsers(commands)
 
     status = commands.add_parser(
@@ -278,7 +301,7 @@ def _policy_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = os.environ if env is None else env
-    command = args.command + (f" {args.action}" if args.command in ("policy", "dead-letters", "override") else "")
+    command = args.command + (f" {args.action}" if args.command in ("policy", "dead-letters", "state", "override") else "")
     try:
         if args.command == "policy":
             return _policy_command(args, env)
@@ -299,6 +322,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 env, filters, to_topic=args.to_topic, execute=args.execute, limit=args.limit, timeout=args.timeout,
                 as_json=args.json, bootstrap=args.bootstrap,
             )
+        if args.command == "state":
+            from worker.commands.state import run_migrate
+
+            return run_migrate(env, partitioner=args.partitioner, execute=args.execute, timeout=args.timeout,
+                               as_json=args.json, bootstrap=args.bootstrap)
         if args.command == "simulate":
             from worker.commands.simulate import run_simulate
 
@@ -330,9 +358,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             return run_worker(settings)
     except ComplianceError as exc:
         sys.stderr.write(f"compliance-worker {command}: {exc.message}\n")
-        # publish, replay, override, status: 1 = the broker or worker failed, try again; 2 (everywhere) = an
-        # argument, the policy or a setting is wrong
-        return 1 if args.command in ("policy", "dead-letters", "override", "status") and exc.retriable else 2
+        # publish, replay, migrate, override, status: 1 = the broker or worker failed, try again; 2 (everywhere) = an
+        # argument, the policy or a setting is wrong, or the command refuses to run
+        return 1 if args.command in ("policy", "dead-letters", "state", "override", "status") and exc.retriable else 2
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): stop quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -83,6 +83,11 @@ def changelog_topic(settings: Settings) -> str:
     return f"{settings.app_id}-{STATE_TABLE}-changelog"  # Faust's name for a table's changelog
 
 
+def migration_topic(settings: Settings) -> str:
+    """While it exists, `compliance-worker state migrate` has not finished moving the state (it records what it does)."""
+    return f"{settings.app_id}-{STATE_TABLE}-migration"
+
+
 def check_partitions(settings: Settings, partitions: dict[str, int], changelog: str) -> None:
     """Refuse to start when a product's state would not be where its events arrive (the input grew, say)."""
     topic = settings.state_topic
@@ -330,6 +335,13 @@ async def prepare(settings: Settings, fallback: Policy) -> Prepared:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **client_options(settings))
     await admin.start()
     try:
+        if migration_topic(settings) in await admin.list_topics():
+            # The changelog may have its new partition count already, with some products' state not moved yet.
+            raise PartitionsMismatch(
+                f"a migration of the state of {settings.app_id} has not finished ({migration_topic(settings)} "
+                f"exists): run compliance-worker state migrate --execute again before starting any worker "
+                f"(docs/operations.md#growing-the-input)"
+            )
         created_policy_topic, warnings = await ensure_policy_topic(
             admin, settings.policy_topic, settings.topic_replication_factor
         )
