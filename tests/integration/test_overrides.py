@@ -73,6 +73,7 @@ def test_an_override_flips_a_product_at_once_holds_for_later_upserts_and_ends_by
     assert (later["decision"], later["reasons"][0], later["changed"]) == ("allow", "MANUAL_OVERRIDE", False)
     status, body = lookup(worker, "OV-1")
     assert status == 200 and body["decision"] == "allow" and body["override"]["reference"] == "APPEAL-7"
+    assert body["decision_id"] == later["decision_id"], "the id of the decision in force, as published"
     assert body["override"]["in_force"] is True and body["reasons"][0] == "MANUAL_OVERRIDE"
     shown = subprocess.run(  # what a person sees: the status command against this worker
         [str(Path(sys.executable).with_name("compliance-worker")), "status", "OV-1", "--url", worker.url],

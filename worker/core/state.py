@@ -37,7 +37,8 @@ class StoredState(msgspec.Struct, array_like=True, tag=STATE_FORMAT, gc=False):
 
     Only what deciding, re-screening and looking up a product need: the product id is
     the key, the partition is the store's, the decision id follows from the event id
-    and the policy version, and the title is kept as a digest. New fields go at the end
+    and the policy version (stored only where it does not: an override's decision,
+    or a re-screening that published nothing), and the title is kept as a digest. New fields go at the end
     with a default, so every version-2 record stays readable.
     """
 
@@ -60,6 +61,7 @@ class StoredState(msgspec.Struct, array_like=True, tag=STATE_FORMAT, gc=False):
     occurred_at: str | None
     title_digest: str | None
     held_signals: tuple[str, ...] = ()  # the evasion signals that keep the product blocked (empty: not held)
+    published_id: str | None = None  # the decision in force's id when the event id and policy version do not give it
 
 
 class StoredDecision(msgspec.Struct, array_like=True, tag=STATE_FORMAT, gc=False):
@@ -95,7 +97,9 @@ class ProductState(NamedTuple):
 
     ``facts.title`` is always None (the state keeps only ``title_digest``); ``decided_at_ms`` is
     when the decision in force was made (epoch milliseconds); ``held_signals`` are the evasion
-    signals that keep the product blocked until released (worker/core/signals.py).
+    signals that keep the product blocked until released (worker/core/signals.py);
+    ``published_id`` is the id of the decision in force when ``facts.event_id`` and
+    ``policy_version`` do not give it (None: they do).
     """
 
     decision: str
@@ -107,15 +111,17 @@ class ProductState(NamedTuple):
     facts: ProductEvent
     title_digest: str | None
     held_signals: tuple[str, ...] = ()
+    published_id: str | None = None
 
     @classmethod
     def of(
         cls, decision: Decision, facts: ProductEvent, decided_at_ms: int, held_signals: tuple[str, ...] = (),
     ) -> ProductState:
-        return cls(
+        state = cls(
             decision.decision, decision.cluster, decision.cross_border, decision.policy_version, decided_at_ms,
             decision.reasons, facts._replace(title=None), title_digest(facts.title), held_signals,
         )
+        return state.in_force(decision.decision_id)
 
     @property
     def product_version(self) -> int | None:
@@ -123,7 +129,13 @@ class ProductState(NamedTuple):
 
     @property
     def decision_id(self) -> str:
-        return decision_id(self.facts.event_id, self.policy_version)
+        """The id of the decision in force: the last one published for the product."""
+        return self.published_id or decision_id(self.facts.event_id, self.policy_version)
+
+    def in_force(self, published_id: str) -> ProductState:
+        """This state with ``published_id`` as the id of its decision in force (stored only where it must be)."""
+        implied = decision_id(self.facts.event_id, self.policy_version)
+        return self._replace(published_id=None if published_id == implied else published_id)
 
     def encode(self) -> bytes:
         facts = self.facts
@@ -132,7 +144,7 @@ class ProductState(NamedTuple):
             self.decision, facts.product_version, self.cluster, self.cross_border, self.policy_version,
             self.decided_at_ms, self.reasons, facts.event_id, facts.seller_id, facts.seller_country,
             facts.ship_from_country, facts.category_path, facts.category_id, facts.hs_code, facts.price_amount,
-            facts.price_currency, facts.occurred_at, self.title_digest, self.held_signals,
+            facts.price_currency, facts.occurred_at, self.title_digest, self.held_signals, self.published_id,
         ))))
 
     @classmethod
@@ -148,7 +160,7 @@ class ProductState(NamedTuple):
         )
         return cls(
             stored.decision, stored.cluster, stored.cross_border, stored.policy_version, stored.decided_at_ms,
-            stored.reasons, facts, stored.title_digest, stored.held_signals,
+            stored.reasons, facts, stored.title_digest, stored.held_signals, stored.published_id,
         )
 
     @classmethod
@@ -156,10 +168,11 @@ class ProductState(NamedTuple):
         # Version 1 kept no reasons and no decision time: they are unknown until the product is decided again.
         raw = orjson.loads(data)
         facts = ProductEvent(*(raw["facts"].get(name) for name in _V1_FACT_FIELDS))
-        return cls(
+        state = cls(
             raw["decision"], raw["cluster"], raw["cross_border"], raw["policy_version"], 0, (),
             facts._replace(title=None), title_digest(facts.title),
         )
+        return state.in_force(raw["decision_id"]) if raw.get("decision_id") else state
 
 
 class Transition(NamedTuple):
@@ -254,7 +267,7 @@ def rescreen(previous: ProductState, policy: Policy, now: float | None = None) -
     state = previous._replace(
         decision=decision.decision, cluster=decision.cluster, cross_border=decision.cross_border,
         policy_version=policy.version, reasons=decision.reasons, decided_at_ms=_milliseconds(now), held_signals=held,
-    )
+    ).in_force(decision.decision_id)
     return Transition(decision, previous.decision, changed, state)
 
 
@@ -264,7 +277,9 @@ def with_override(transition: Transition, override: Override) -> Transition:
     changed = transition.previous_decision != decision.decision
     state = transition.state
     if state is not None:  # staff decided it: a hold for review ends here too
-        state = state._replace(decision=decision.decision, reasons=decision.reasons, held_signals=())
+        state = state._replace(decision=decision.decision, reasons=decision.reasons, held_signals=()).in_force(
+            decision.decision_id,
+        )
     return Transition(
         decision, transition.previous_decision, changed, state, transition.signals, transition.decision.decision,
     )
@@ -290,5 +305,5 @@ def redecide(
     state = previous._replace(
         decision=decision.decision, cluster=decision.cluster, cross_border=decision.cross_border,
         policy_version=policy.version, reasons=decision.reasons, decided_at_ms=_milliseconds(now), held_signals=(),
-    )
+    ).in_force(decision.decision_id)
     return Transition(decision, previous.decision, decision.decision != previous.decision, state)

@@ -172,7 +172,8 @@ class PolicyLifecycle:
                     policy.version, exc.code, exc.message,
                     extra={"event": "rescreen_undecidable", "code": str(exc.code)},
                 )
-                return Redecided(None, state._replace(policy_version=policy.version).encode(), False)
+                kept = state._replace(policy_version=policy.version).in_force(state.decision_id)
+                return Redecided(None, kept.encode(), False)
             if transition is None or transition.state is None:
                 return None
             override = overrides.in_force(key, now)
@@ -185,6 +186,7 @@ class PolicyLifecycle:
                 })
                 if override is not None:
                     record["override"] = override_record(override, transition.decision.decision)
-            return Redecided(record, transition.state.encode(), transition.changed)
+            stored = transition.state if transition.changed else transition.state.in_force(state.decision_id)
+            return Redecided(record, stored.encode(), transition.changed)  # unpublished: the decision in force stays
 
         return judge

@@ -254,7 +254,8 @@ class OverrideKeeper:
                 record = transition.record(decided_at, source)
                 if override is not None:
                     record["override"] = override_record(override, _policy_decision(state, policy, now))
-            return Redecided(record, transition.state.encode(), transition.changed)
+            stored = transition.state if transition.changed else transition.state.in_force(state.decision_id)
+            return Redecided(record, stored.encode(), transition.changed)  # unpublished: the decision in force stays
 
         return judge
 

@@ -381,7 +381,7 @@ def reference_state_encoding(state: ProductState) -> bytes:
         2, state.decision, facts.product_version, state.cluster, state.cross_border, state.policy_version,
         state.decided_at_ms, list(state.reasons), facts.event_id, facts.seller_id, facts.seller_country,
         facts.ship_from_country, facts.category_path, facts.category_id, facts.hs_code, facts.price_amount,
-        facts.price_currency, facts.occurred_at, state.title_digest, list(state.held_signals),
+        facts.price_currency, facts.occurred_at, state.title_digest, list(state.held_signals), state.published_id,
     ])
 
 
@@ -405,13 +405,15 @@ optional_text = st.none() | st.text(min_size=1, max_size=20)
     st.sampled_from(["block", "allow"]), st.none() | st.sampled_from(["crafts", "textile_fashion"]), st.booleans(),
     st.integers(0, 2**53), st.lists(st.sampled_from(["DOMESTIC_ITEM", "FOREIGN_SELLER", "MATCHED_CATEGORY_PATH"])),
     optional_text, st.sampled_from([(), ("ORIGIN_CHANGED_AFTER_BLOCK",), ("ORIGIN_CHANGED_AFTER_BLOCK", "CATEGORY_CHANGED_AFTER_BLOCK")]),
+    st.none() | st.just("cd" * 16),
 )
 def test_state_encoding_is_format_2_and_reads_format_1(
     facts: ProductEvent, decision: str, cluster: str | None, cross_border: bool, decided_at_ms: int,
-    reasons: list[str], title: str | None, held_signals: tuple[str, ...],
+    reasons: list[str], title: str | None, held_signals: tuple[str, ...], published_id: str | None,
 ) -> None:
     state = ProductState(
         decision, cluster, cross_border, "2026.11.0", decided_at_ms, tuple(reasons), facts, title_digest(title), held_signals,
+        published_id,
     )
     encoded = state.encode()
     assert encoded == reference_state_encoding(state)
@@ -419,9 +421,16 @@ def test_state_encoding_is_format_2_and_reads_format_1(
     assert ProductState.decode(key, encoded) == state
     # A newer worker reads what an older one wrote: the same state, but for what format 1 did not keep.
     older = ProductState.decode(key, version_1_encoding(state, "ab" * 16, 3, title))
-    assert older == state._replace(decided_at_ms=0, reasons=(), held_signals=())
+    assert older == state._replace(decided_at_ms=0, reasons=(), held_signals=(), published_id="ab" * 16)
+    assert older.decision_id == "ab" * 16, "format 1 stored the decision id"
+    # Format 2 as written before published_id (20 elements): the decision id follows from the event and the policy.
+    before_published = ProductState.decode(key, orjson.dumps(orjson.loads(encoded)[:-1]))
+    assert before_published == state._replace(published_id=None)
+    assert before_published.decision_id == decision_id(facts.event_id, "2026.11.0")
     # Format 2 as written before held_signals (19 elements) reads as a product that is not held.
-    assert ProductState.decode(key, orjson.dumps(orjson.loads(encoded)[:-1])) == state._replace(held_signals=())
+    assert ProductState.decode(key, orjson.dumps(orjson.loads(encoded)[:-2])) == state._replace(
+        held_signals=(), published_id=None,
+    )
 
 
 def test_state_format_2_fields_are_unchanged() -> None:
@@ -429,9 +438,10 @@ def test_state_format_2_fields_are_unchanged() -> None:
     assert StoredState.__struct_fields__ == (
         "decision", "product_version", "cluster", "cross_border", "policy_version", "decided_at_ms", "reasons",
         "event_id", "seller_id", "seller_country", "ship_from_country", "category_path", "category_id", "hs_code",
-        "price_amount", "price_currency", "occurred_at", "title_digest", "held_signals",
+        "price_amount", "price_currency", "occurred_at", "title_digest", "held_signals", "published_id",
     )
-    assert StoredState.__struct_defaults__ == ((),)  # a record without it (written before it existed) is not held
+    # A record without them (written before they existed) is not held, and its decision id follows from its facts.
+    assert StoredState.__struct_defaults__ == ((), None)
 
 
 class _NoFastPath:

@@ -92,6 +92,8 @@ def test_an_override_in_force_decides_with_the_policys_evidence(
     assert (transition.decision.decision, transition.decision.reasons, transition.policy_decision) == expected
     assert transition.state is not None and (transition.state.decision, transition.state.reasons) == (decision, reasons)
     assert transition.decision.decision_id != plain.decision.decision_id
+    assert transition.state.decision_id == transition.decision.decision_id, "the id of the decision published"
+    assert ProductState.decode(b"P-1", transition.state.encode()).decision_id == transition.decision.decision_id
     assert policy_decision == plain.decision.decision
 
 
@@ -127,3 +129,4 @@ def test_setting_clearing_and_setting_again_decide_a_known_product_once_each() -
     assert cleared.decision.decision_id not in (set_.decision.decision_id, decide(
         event("CN"), POLICY, None, NOW).decision.decision_id), "the policy's decision again, under an id of its own"
     assert ProductState.decode(b"P-1", cleared.state.encode()) == cleared.state
+    assert (set_.state.decision_id, cleared.state.decision_id) == (set_.decision.decision_id, cleared.decision.decision_id)

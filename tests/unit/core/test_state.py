@@ -109,3 +109,16 @@ def test_rescreen_publishes_only_flips_and_never_twice_for_one_version() -> None
     same = rescreen(local, lifted)
     assert same is not None and same.changed is False, "allow stays allow: stored, not published"
     assert rescreen(flip.state, lifted) is None, "already decided under v2"
+    assert flip.state.decision_id == flip.decision.decision_id and flip.state.published_id is None, "implied"
+    # Not published: the caller keeps the decision in force, whose id the event and v2 no longer give.
+    kept = same.state.in_force(local.decision_id)
+    assert kept.decision_id == local.decision_id != same.decision.decision_id
+    assert ProductState.decode(b"P-2", kept.encode()).decision_id == local.decision_id
+    # A block kept under v2b, then flipped (published) under v3: the flip's id is implied again.
+    still = rescreen(imported, _policy("v2b", cluster_for_dresses="textile_fashion"))
+    assert still is not None and still.changed is False and still.state is not None
+    blocked = still.state.in_force(imported.decision_id)
+    assert blocked.published_id == imported.decision_id
+    lifted_later = rescreen(blocked, _policy("v3", cluster_for_dresses=None))
+    assert lifted_later is not None and lifted_later.changed is True and lifted_later.state is not None
+    assert lifted_later.state.published_id is None and lifted_later.state.decision_id == lifted_later.decision.decision_id
