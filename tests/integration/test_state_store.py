@@ -8,12 +8,13 @@ from collections.abc import Callable
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
 from tests.integration.conftest import WorkerProcess
 from tests.integration.kafka import produce
 from tests.integration.prometheus import sample
-from tests.integration.test_state_and_policy import decisions_for, read_to_end, upsert, wait_for
+from tests.integration.test_state_and_policy import decisions_for, log_events, read_to_end, upsert, wait_for
 
 PRODUCTS = 240
 
@@ -177,3 +178,35 @@ def test_an_input_grown_under_the_state_stops_the_worker_with_one_line(
     assert code == 2 and len(lines) == 1, worker.tail_log()
     assert f"the input {worker.input_topic} has 6 partitions but the state changelog" in lines[0]
     assert "has 4" in lines[0] and "docs/operations.md#growing-the-input" in lines[0]
+
+
+def test_an_input_grown_under_a_running_worker_stops_it_before_it_decides_the_new_partitions(
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    worker = start_worker()
+    known = products(1)
+    produce(worker.bootstrap, worker.input_topic, known)
+    decisions_for(worker, known)
+    grow(worker.bootstrap, worker.input_topic, 6)
+
+    async def send_to_a_new_partition() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=worker.bootstrap, acks="all")
+        await producer.start()
+        try:
+            for key, value in products(2)[:20]:  # known products, on a partition whose state the changelog lacks
+                await producer.send_and_wait(worker.input_topic, value, key=key, partition=5)
+        finally:
+            await producer.stop()
+
+    asyncio.run(send_to_a_new_partition())
+    assert worker.process is not None
+    code = worker.process.wait(120)  # the partition check runs every 10 s; its bound, not a sleep
+    worker.stop()
+    lines = [line for line in worker.log_path.read_text().splitlines() if line.startswith("compliance-worker worker:")]
+    assert code == 2 and len(lines) == 1, worker.tail_log()
+    assert f"the input {worker.input_topic} has 6 partitions but the state changelog" in lines[0]
+    assert "has 4" in lines[0] and "docs/operations.md#growing-the-input" in lines[0]
+    refusals = [entry for entry in log_events(worker) if entry.get("event") == "partitions_mismatch"]
+    assert len(refusals) == 1 and refusals[0]["level"] == "critical", refusals
+    decided_from = {decoded.body["source"]["partition"] for decoded in read_to_end(worker.bootstrap, worker.decisions_topic)}
+    assert decided_from <= {0, 1, 2, 3}, "nothing decided from a partition whose state the changelog lacks"

@@ -6,8 +6,10 @@ import asyncio
 import gc
 import logging
 import socket
+import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -29,7 +31,7 @@ from worker.kafka.schema import RawSchema
 from worker.kafka.security import client_options, faust_credentials, scrub_logs
 from worker.kafka.stores import MemoryStore, RocksDBStore, StateDirInUse, StateTable, lock_state_dir
 from worker.kafka.supervisor import supervisor_telling
-from worker.kafka.topics import PartitionsMismatch, ensure_compacted_topic, ensure_topics
+from worker.kafka.topics import PartitionsMismatch, ensure_compacted_topic, ensure_topics, partition_counts
 from worker.kafka.whole_topic import WholeTopic
 from worker.settings import Settings, SettingsError
 from worker.stream import health, memory
@@ -38,6 +40,7 @@ from worker.stream.lifecycle import PolicyLifecycle
 from worker.stream.logs import logging_config
 from worker.stream.lookup import ROUTED_HEADER, ProductLookup
 from worker.stream.overrides import Change, OverrideBook, OverrideKeeper
+from worker.stream.partition_watch import EXIT_CODE, PartitionWatch, refusal_message
 from worker.stream.metrics import ComplianceMetrics, StateHeld, TopicPartitionOffsets
 from worker.stream.policy_source import PolicySource, ensure_policy_topic, replay
 from worker.stream.processing import DEAD_LETTER_MAX_BYTES, Processor
@@ -93,12 +96,30 @@ def check_partitions(settings: Settings, partitions: dict[str, int], changelog: 
     topic = settings.state_topic
     inputs, states = partitions[topic], partitions.get(changelog)
     if states is not None and states != inputs:
-        what = "the input" if topic == settings.input_topic else "the repartition topic"
-        raise PartitionsMismatch(
-            f"{what} {topic} has {inputs} partitions but the state changelog {changelog} has "
-            f"{states}: each product's state would be looked for on the wrong partition. Stop every worker of "
-            f"{settings.app_id} and follow docs/operations.md#growing-the-input (compliance-worker state migrate)"
-        )
+        raise PartitionsMismatch(_refusal(settings, changelog)({topic: inputs, changelog: states}))
+
+
+def _refusal(settings: Settings, changelog: str) -> Callable[[dict[str, int]], str]:
+    return refusal_message(settings.state_topic, settings.input_topic, settings.app_id, changelog)
+
+
+def _partition_describer(settings: Settings) -> Callable[[list[str]], Awaitable[dict[str, int]]]:
+    """Partition counts from the broker, through one admin client kept open (made again after a failure)."""
+    admin: AIOKafkaAdminClient | None = None
+
+    async def describe(topics: list[str]) -> dict[str, int]:
+        nonlocal admin
+        if admin is None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **client_options(settings))
+            await admin.start()
+        try:
+            return await partition_counts(admin, topics, timeout=10.0)
+        except BaseException:
+            failed, admin = admin, None
+            await failed.close()
+            raise
+
+    return describe
 
 
 def load_policy(settings: Settings) -> Policy:
@@ -232,8 +253,20 @@ def create_app(
         # Events of revoked partitions not yet acked are read again (here or elsewhere): so are their state changes.
         store.forget(tp.partition for tp in revoked if tp.topic == settings.state_topic)
 
+    watch = None
+    if state_partitions is not None:  # a real worker: prepare() found the counts equal at start
+        changelog = changelog_topic(settings)
+        watch = PartitionWatch(
+            settings.state_topic, changelog, state_partitions, _refusal(settings, changelog),
+            _partition_describer(settings),
+        )
+        app.task(watch.watch_forever)
+    app.partition_watch = watch  # type: ignore[attr-defined]
+
     @app.on_partitions_assigned.connect
     async def own_assigned_partitions(sender: faust.App, assigned: set[Any], **kwargs: Any) -> None:
+        if watch is not None and not watch.check_assignment(assigned, sender.consumer.pause_partitions):
+            return  # the input grew: nothing of this assignment is decided, the worker stops
         store.own(tp.partition for tp in assigned if tp.topic == settings.state_topic)
         stopped_at.forget(lambda topic, partition: TP(topic, partition) in assigned)  # another worker's now
 
@@ -473,5 +506,12 @@ def run_worker(settings: Settings) -> int:
     # collector's full passes skip it: each such pass stood the worker still for tens of milliseconds, the
     # latency spikes of the benchmark (docs/performance.md, Latency).
     gc.freeze()
-    worker.execute_from_commandline()  # exits the process with Faust's exit code
+    try:
+        worker.execute_from_commandline()  # exits the process with Faust's exit code
+    except SystemExit:
+        watch = app.partition_watch  # type: ignore[attr-defined]
+        if watch is not None and watch.refusal is not None:  # the same line and exit code as the refusal at start
+            sys.stderr.write(f"compliance-worker worker: {watch.refusal}\n")
+            raise SystemExit(EXIT_CODE) from None
+        raise
     return 0
