@@ -24,8 +24,8 @@ def test_every_bench_prints_one_json_line_and_a_summary(kafka: str, tmp_path: Pa
     result = subprocess.run(
         [
             sys.executable, "-m", "bench", "--events", str(EVENTS),
-            "--only", "core,raw_aiokafka,confluent_raw,quix_streams,naive_faust,worker,latency,scale",
-            "--core-repeats", "1", "--latency-rate", "1000", "--latency-seconds", "1",
+            "--only", "core,raw_aiokafka,confluent_raw,quix_streams,naive_faust,worker,latency,latency_hot,scale",
+            "--core-repeats", "1", "--latency-rate", "1000", "--latency-seconds", "1", "--hot-products", "50",
             "--bootstrap", kafka, "--log-dir", str(tmp_path / "bench"),
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -33,7 +33,8 @@ def test_every_bench_prints_one_json_line_and_a_summary(kafka: str, tmp_path: Pa
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}"
     lines = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert [line["bench"] for line in lines] == [
-        "core", "raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust", "worker", "latency", "scale", "summary",
+        "core", "raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust", "worker", "latency", "latency_hot", "scale",
+        "summary",
     ]
     by_bench = {line["bench"]: line for line in lines}
     assert not any("error" in line for line in lines), result.stderr[-4000:]
@@ -51,10 +52,12 @@ def test_every_bench_prints_one_json_line_and_a_summary(kafka: str, tmp_path: Pa
         assert line["decisions"] + line["dead_letters"] == EVENTS and line["dead_letters"] > 0, name
         assert line["events_per_s"] > 0 and line["peak_rss_mb"] > 0, name
 
-    latency = by_bench["latency"]
-    assert latency["events"] == 1000 and latency["missing"] == 0
-    assert 0 <= latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
-    assert latency["p99_after_first_second_ms"] is None or latency["p99_after_first_second_ms"] <= latency["max_ms"]
+    for name in ("latency", "latency_hot"):
+        latency = by_bench[name]
+        assert (latency["events"], latency["missing"], latency["duplicates"]) == (1000, 0, 0), name
+        assert 0 <= latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"], name
+        assert latency["p99_after_first_second_ms"] is None or latency["p99_after_first_second_ms"] <= latency["max_ms"]
+    assert by_bench["latency_hot"]["products"] == 50
 
     scale = by_bench["scale"]
     assert scale["input_partitions"] == 2

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from time import monotonic
 from typing import Any
 
 from faust.sensors import prometheus as faust_prometheus
 from faust.sensors.monitor import Monitor
 from faust.types import TP, EventT, Message, StreamT
+
+from worker.kafka.batches import BatchState
 
 
 class PrometheusMonitor(faust_prometheus.PrometheusMonitor):
@@ -43,6 +47,50 @@ class PrometheusMonitor(faust_prometheus.PrometheusMonitor):
 
     def on_message_out(self, tp: TP, offset: int, message: Message) -> None:
         Monitor.on_message_out(self, tp, offset, message)
+
+    # --- a whole batch at once (worker/kafka/batches.py, when this monitor is the app's only sensor) ---------------
+
+    def on_batch_in(self, stream: StreamT, tracked: Sequence[Message], events: Sequence[EventT]) -> BatchState:
+        """``on_message_in`` for each of ``tracked`` and ``on_stream_event_in`` for each of ``events``: the same
+        counters, one clock reading. The state returned is the batch's (``on_batch_out``)."""
+        now = self.time()
+        if tracked:
+            self.messages_received_total += len(tracked)
+            self.messages_active += len(tracked)
+            by_topic, read_offsets = self.messages_received_by_topic, self.tp_read_offsets
+            for message in tracked:
+                by_topic[message.tp.topic] += 1
+                read_offsets[message.tp] = message.offset
+        count = len(events)
+        self.events_total += count
+        inbound = self.stream_inbound_time
+        arrived = monotonic()
+        for event in events:
+            inbound[event.message.tp] = arrived
+        stream_key = self.stream_lookup.get(stream)
+        if stream_key is None:
+            stream_key = self.stream_lookup[stream] = str(stream)
+        self.events_by_stream[stream_key] += count
+        task_key = self.task_lookup.get(stream.task_owner)
+        if task_key is None:
+            task_key = self.task_lookup[stream.task_owner] = str(stream.task_owner)
+        self.events_by_task[task_key] += count
+        self.events_active += count
+        return BatchState(time_in=now, time_out=None, time_total=None)
+
+    def on_batch_out(self, events: int, messages_out: int, state: dict[str, Any]) -> None:
+        """``on_stream_event_out`` for ``events`` events and ``on_message_out`` for ``messages_out`` of their messages.
+
+        The batch's processing time is one sample of ``events_runtime`` and one observation of
+        ``faust_events_runtime_ms``: every event of a batch is processed, and acked, together.
+        """
+        time_out = self.time()
+        time_total = time_out - state["time_in"]
+        state.update(time_out=time_out, time_total=time_total)
+        self.events_active -= events
+        self.messages_active -= messages_out
+        self.events_runtime.append(time_total)
+        self._metrics.events_runtime_latency.observe(self.secs_to_ms(time_total))
 
     def track_tp_end_offset(self, tp: TP, offset: int) -> None:
         Monitor.track_tp_end_offset(self, tp, offset)

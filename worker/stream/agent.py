@@ -12,7 +12,7 @@ from typing import Any, NamedTuple, cast
 import faust
 from faust.types import EventT
 
-from worker.kafka.batches import ack, event_batches
+from worker.kafka.batches import ack_batch, event_batches
 from worker.kafka.consumer import Consumer
 from worker.kafka.outbox import Outbox
 from worker.kafka.transactions import TransactionGate, Transactions
@@ -222,8 +222,7 @@ def _batch_agent(
                     store.durable(sent.writes, offsets)
                 else:
                     store.stage(sent.writes, offsets)
-            for event, sensor_state in batch:
-                ack(stream, event, sensor_state)
+            ack_batch(stream, batch)
         except BaseException as exc:
             if gate is not None:
                 gate.fail(exc)

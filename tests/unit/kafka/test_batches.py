@@ -10,6 +10,7 @@ import pytest
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
+from worker.kafka.batches import ack_batch, batch_monitor
 from worker.stream.agent import event_batches
 from worker.stream.app import create_app
 from worker.core import load_bundled_policy
@@ -103,3 +104,71 @@ def test_fausts_own_ack_of_a_stale_event_would_make_its_offset_committable(app: 
     for offset in range(100, 140):
         event(app, offset, generation_id=6).ack()
     assert consumer._new_offset(PARTITION) == 140, "records 100-139 would be committed unprocessed"
+
+
+COUNTERS = ("messages_received_total", "messages_active", "events_total", "events_active")
+
+
+def counters(monitor: object) -> dict[str, object]:
+    found = {name: getattr(monitor, name) for name in COUNTERS}
+    found["by_topic"] = dict(monitor.messages_received_by_topic)  # type: ignore[attr-defined]
+    found["read_offsets"] = dict(monitor.tp_read_offsets)  # type: ignore[attr-defined]
+    found["by_stream"] = sorted(monitor.events_by_stream.values())  # type: ignore[attr-defined]
+    found["runtime_samples"] = len(monitor.events_runtime)  # type: ignore[attr-defined]
+    return found
+
+
+class Owner:
+    """The agent task that owns a stream (the monitor counts events per owner)."""
+
+
+OWNER = Owner()
+
+
+def read_and_ack(app: faust.App, offsets: range) -> None:
+    stream = app.stream(app.topic(TOPIC))
+    stream.task_owner = OWNER  # type: ignore[assignment]
+
+    async def read() -> None:
+        batches = event_batches(stream, 100)
+        queue = aiter(stream.channel).queue
+        for offset in offsets:
+            queue.put_nowait(event(app, offset, generation_id=7))
+        batch = await asyncio.wait_for(anext(batches), 5)
+        await batches.aclose()
+        ack_batch(stream, batch)
+
+    app.loop.run_until_complete(read())
+
+
+@pytest.mark.parametrize("per_event", [False, True], ids=["batch", "per-event"])
+def test_a_batch_is_reported_to_the_monitor_as_fausts_per_event_calls_report_it(app: faust.App, per_event: bool) -> None:
+    app.sensors.add(app.monitor)
+    if per_event:  # a second sensor: the reader falls back to Faust's per-event calls
+        app.sensors.add(faust.Sensor())
+    assert (batch_monitor(app) is None) is per_event
+    read_and_ack(app, range(10, 15))
+    read_and_ack(app, range(15, 18))
+    found = counters(app.monitor)
+    assert {name: found[name] for name in COUNTERS} == {
+        "messages_received_total": 8, "messages_active": 0, "events_total": 8, "events_active": 0,
+    }
+    assert found["by_topic"] == {TOPIC: 8} and found["read_offsets"] == {PARTITION: 17}
+    assert found["by_stream"] == [3, 5], "per stream (each read makes one)"
+    assert found["runtime_samples"] == (8 if per_event else 2), "per event, or one sample per batch"
+    assert app.consumer._new_offset(PARTITION) == 18, "every event acked"
+
+
+def test_fausts_sensor_delegate_calls_every_sensor_for_each_event(app: faust.App) -> None:
+    """Why batches are reported apart: Faust's delegate builds a dict per event and calls each sensor (canary)."""
+    calls: list[int] = []
+
+    class Counting(faust.Sensor):
+        def on_stream_event_in(self, tp, offset, stream, event):  # type: ignore[no-untyped-def]
+            calls.append(offset)
+
+    app.sensors.add(Counting())
+    stream = app.stream(app.topic(TOPIC))
+    for offset in range(3):
+        app.sensors.on_stream_event_in(PARTITION, offset, stream, event(app, offset, generation_id=7))
+    assert calls == [0, 1, 2]
