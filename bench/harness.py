@@ -19,6 +19,8 @@ Benches (default: all but `latency_raw`; pick with --only):
                 next to the memory store (events/s, same input), peak RSS, disk bytes per product (STATE_DIR and the
                 changelog on the broker's disk), restart-to-ready on local state and with it wiped, rebalance-to-ready
                 with and without a standby, re-screening after a policy change
+  override      staff overrides: --override-count blocked products set to allow one by one (20/s), from each
+                override record's broker timestamp to its decision's: p50/p99/max
   latency_raw   the latency bench with the raw aiokafka loop in the worker's place (a reference; not default)
 
 The input is generated once (worker.commands.sample.generate: Shopify taxonomy, mixed origins, ~1% malformed) and
@@ -61,9 +63,11 @@ from bench.compat import MemoryStateStore, Processor, generate
 from worker.core import load_bundled_policy
 
 BENCHES = ("core", "raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust", "worker", "exactly_once", "latency",
-           "latency_hot", "scale", "rss", "compression", "state", "latency_raw")
+           "latency_hot", "override", "scale", "rss", "compression", "state", "latency_raw")
 DEFAULT_BENCHES = ("core", "raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust", "worker", "exactly_once",
-                   "latency", "latency_hot", "scale", "rss", "compression", "state")
+                   "latency", "latency_hot", "override", "scale", "rss", "compression", "state")
+OVERRIDE_COUNT = 200
+OVERRIDE_RATE = 20  # overrides per second: staff set them one at a time
 HOT_PRODUCTS = 600  # latency_hot: as the independent measurement of issue 16 (p99 97-110 ms where latency had 30)
 # The benches that run one process over the pre-loaded input: the summary reports each one's peak RSS.
 PROCESS_BENCHES = ("raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust", "worker", "exactly_once")
@@ -490,6 +494,91 @@ class BrokerBenches:
         line["products"] = args.hot_products
         return line
 
+    async def override(self) -> dict[str, Any]:
+        """A worker that decided the input; then blocked products set to allow one by one on its overrides topic."""
+        from aiokafka import AIOKafkaProducer
+        from aiokafka.admin import NewTopic
+
+        from bench.kafka_io import TOPIC_CONFIG
+
+        args = self.args
+        topics = self.topics("override")
+        await self.kafka.create(topics)
+        overrides_topic = f"{topics.input}.overrides"
+        await self.kafka.admin.create_topics([
+            NewTopic(overrides_topic, 1, 1, topic_configs={**TOPIC_CONFIG, "cleanup.policy": "compact"}),
+        ])
+        feed = self.events[:20_000]
+        await self.kafka.preload(topics.input, feed)
+        proc = procs.worker(
+            self.bootstrap, topics, f"bench-{self.run_id}-override", self.log_dir / "override-worker.log",
+            OVERRIDES_TOPIC=overrides_topic,
+        ).start()
+        try:
+            await procs.wait_assigned(proc, 120)
+            await self._run_to_completion("override", topics, len(feed), [proc])
+            in_force: dict[bytes, str] = {}
+
+            def keep_last(message: Any) -> None:  # a product's decisions are on one partition, in order
+                if message.topic == topics.decisions and message.value:
+                    in_force[message.key] = orjson.loads(message.value)["decision"]
+
+            await self.kafka.scan(topics.output_tps(), keep_last)
+            blocked = [key for key, decision in in_force.items() if decision == "block"]  # an allow flips each
+            chosen = blocked[:args.override_count]
+            if not chosen:
+                raise HarnessError("override: no product was blocked")
+            say(f"override: setting {len(chosen)} of {len(blocked):,} blocked products to allow, {OVERRIDE_RATE}/s")
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=0)
+            await producer.start()
+            sent_at: dict[bytes, int] = {}
+            try:
+                for key in chosen:
+                    document = orjson.dumps({
+                        "decision": "allow", "reason": "make bench override", "author": "bench",
+                        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    })
+                    metadata = await producer.send_and_wait(overrides_topic, document, key=key)
+                    sent_at[key] = metadata.timestamp  # the broker's (LogAppendTime)
+                    await asyncio.sleep(1 / OVERRIDE_RATE)
+            finally:
+                await producer.stop()
+            decided_at: dict[bytes, int] = {}
+            deadline = time.monotonic() + 60
+            while len(decided_at) < len(chosen) and time.monotonic() < deadline:
+                decided_at.clear()
+
+                def keep_overridden(message: Any) -> None:
+                    if message.topic == topics.decisions and message.key in sent_at and message.value:
+                        body = orjson.loads(message.value)
+                        if body.get("reasons", [None])[0] == "MANUAL_OVERRIDE" and "override" in body.get("source", {}):
+                            decided_at.setdefault(message.key, message.timestamp)
+
+                await self.kafka.scan(topics.output_tps(), keep_overridden)
+                if len(decided_at) < len(chosen):
+                    await asyncio.sleep(0.5)
+        finally:
+            exit_code = proc.stop()
+        latencies = sorted(decided_at[key] - sent_at[key] for key in decided_at)
+        if not latencies:
+            raise HarnessError("override: no override decision was published")
+
+        def pct(q: float) -> float:
+            return float(latencies[min(len(latencies) - 1, int(q * len(latencies)))])
+
+        line = {
+            "bench": "override",
+            "overrides": len(chosen),
+            "decided": len(latencies),
+            "missing": len(chosen) - len(latencies),
+            "p50_ms": pct(0.50),
+            "p99_ms": pct(0.99),
+            "max_ms": float(latencies[-1]),
+            "exit_code": exit_code,
+        }
+        say(f"override: p50 {line['p50_ms']:.0f} ms, p99 {line['p99_ms']:.0f} ms, max {line['max_ms']:.0f} ms")
+        return line
+
     async def latency_raw(self) -> dict[str, Any]:
         return await self._latency("latency_raw", lambda topics: procs.raw_aiokafka(
             self.bootstrap, topics, f"bench-{self.run_id}-latency-raw", self.log_dir / "latency-raw.log",
@@ -858,6 +947,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="distinct products (one event each) of the state bench (default 1,000,000)")
     parser.add_argument("--latency-rate", type=int, default=5000, help="events/s of the latency bench (default 5,000)")
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="how long it produces (default 20)")
+    parser.add_argument("--override-count", type=int, default=OVERRIDE_COUNT,
+                        help=f"overrides set by the override bench (default {OVERRIDE_COUNT})")
     parser.add_argument("--hot-products", type=int, default=HOT_PRODUCTS,
                         help=f"products cycling in latency_hot (default {HOT_PRODUCTS})")
     parser.add_argument("--core-repeats", type=int, default=3, help="core: best of this many passes (default 3)")

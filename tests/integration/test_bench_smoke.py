@@ -24,8 +24,8 @@ def test_every_bench_prints_one_json_line_and_a_summary(kafka: str, tmp_path: Pa
     result = subprocess.run(
         [
             sys.executable, "-m", "bench", "--events", str(EVENTS),
-            "--only", "core,raw_aiokafka,confluent_raw,quix_streams,naive_faust,worker,latency,latency_hot,scale",
-            "--core-repeats", "1", "--latency-rate", "1000", "--latency-seconds", "1", "--hot-products", "50",
+            "--only", "core,raw_aiokafka,confluent_raw,quix_streams,naive_faust,worker,latency,latency_hot,override,scale",
+            "--core-repeats", "1", "--latency-rate", "1000", "--latency-seconds", "1", "--hot-products", "50", "--override-count", "5",
             "--bootstrap", kafka, "--log-dir", str(tmp_path / "bench"),
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -33,8 +33,8 @@ def test_every_bench_prints_one_json_line_and_a_summary(kafka: str, tmp_path: Pa
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}"
     lines = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert [line["bench"] for line in lines] == [
-        "core", "raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust", "worker", "latency", "latency_hot", "scale",
-        "summary",
+        "core", "raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust", "worker", "latency", "latency_hot",
+        "override", "scale", "summary",
     ]
     by_bench = {line["bench"]: line for line in lines}
     assert not any("error" in line for line in lines), result.stderr[-4000:]
@@ -58,6 +58,9 @@ def test_every_bench_prints_one_json_line_and_a_summary(kafka: str, tmp_path: Pa
         assert 0 <= latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"], name
         assert latency["p99_after_first_second_ms"] is None or latency["p99_after_first_second_ms"] <= latency["max_ms"]
     assert by_bench["latency_hot"]["products"] == 50
+    override = by_bench["override"]
+    assert (override["overrides"], override["decided"], override["missing"]) == (5, 5, 0), override
+    assert 0 <= override["p50_ms"] <= override["p99_ms"] <= override["max_ms"]
 
     scale = by_bench["scale"]
     assert scale["input_partitions"] == 2
