@@ -4,7 +4,9 @@ overlapping a seek is dropped; under exactly_once its highwaters come from the b
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator, Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -742,3 +744,50 @@ def test_a_fetch_asks_for_the_partitions_active_when_it_starts(consumer: Consume
 def test_a_fetch_with_no_active_partition_asks_for_nothing(consumer: Consumer, monkeypatch: pytest.MonkeyPatch) -> None:
     records, asked = fetch_while_pausing(consumer, monkeypatch, set())
     assert records == {} and asked == []
+
+
+def awaiting_reset(consumer: Consumer) -> tuple[Any, Any]:
+    """The consumer thread's aiokafka consumer with INPUT assigned, fetched from (a highwater), and no position yet:
+    what a seek to the beginning of a never-committed partition leaves until the next fetch resets it."""
+    from aiokafka.consumer.subscription_state import SubscriptionState
+    from aiokafka.structs import TopicPartition
+
+    async def assigned() -> SubscriptionState:  # aiokafka makes its futures on the running loop
+        subscriptions = SubscriptionState()
+        subscriptions.assign_from_user({TopicPartition(INPUT.topic, INPUT.partition)})
+        return subscriptions
+
+    subscriptions: Any = run(consumer, assigned())
+    state = subscriptions.subscription.assignment.state_value(TopicPartition(INPUT.topic, INPUT.partition))
+    state.highwater = 100
+    state.timestamp = time.time() * 1000  # polled a moment ago: Faust's fetch check passes
+    aiokafka_consumer = SimpleNamespace(_fetcher=SimpleNamespace(_subscriptions=subscriptions))
+    thread = consumer._thread
+    thread._consumer = aiokafka_consumer  # type: ignore[assignment]
+    thread._ensure_consumer = lambda: aiokafka_consumer  # type: ignore[method-assign]
+    thread.time_started = time.monotonic()
+    return thread, state
+
+
+def test_fausts_livelock_check_crashes_on_a_partition_awaiting_reset(consumer: Consumer) -> None:
+    """Why the worker's check skips such partitions: aiokafka asserts a position exists (canary)."""
+    thread, _ = awaiting_reset(consumer)
+    with pytest.raises(AssertionError):
+        faust_aiokafka.AIOKafkaConsumerThread.verify_event_path(thread, time.monotonic(), INPUT)
+
+
+def test_the_livelock_check_skips_a_partition_awaiting_reset_and_checks_it_once_positioned(consumer: Consumer) -> None:
+    thread, state = awaiting_reset(consumer)
+    assert thread.verify_event_path(time.monotonic(), INPUT) is None
+    state.reset_to(100)  # the next fetch's reset: a position, at the highwater (nothing to process)
+    checked: list[TP] = []
+    original = faust_aiokafka.AIOKafkaConsumerThread.verify_event_path
+
+    def spy(self: Any, now: float, tp: TP) -> None:
+        checked.append(tp)
+        return original(self, now, tp)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "verify_event_path", spy)
+        thread.verify_event_path(time.monotonic(), INPUT)
+    assert checked == [INPUT], "a positioned partition gets Faust's check"
