@@ -9,7 +9,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -103,23 +103,28 @@ def _refusal(settings: Settings, changelog: str) -> Callable[[dict[str, int]], s
     return refusal_message(settings.state_topic, settings.input_topic, settings.app_id, changelog)
 
 
-def _partition_describer(settings: Settings) -> Callable[[list[str]], Awaitable[dict[str, int]]]:
+class _PartitionDescriber:
     """Partition counts from the broker, through one admin client kept open (made again after a failure)."""
-    admin: AIOKafkaAdminClient | None = None
 
-    async def describe(topics: list[str]) -> dict[str, int]:
-        nonlocal admin
-        if admin is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **client_options(settings))
-            await admin.start()
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.admin: AIOKafkaAdminClient | None = None
+
+    async def __call__(self, topics: list[str]) -> dict[str, int]:
+        if self.admin is None:
+            settings = self.settings
+            self.admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **client_options(settings))
+            await self.admin.start()
         try:
-            return await partition_counts(admin, topics, timeout=10.0)
+            return await partition_counts(self.admin, topics, timeout=10.0)
         except BaseException:
-            failed, admin = admin, None
-            await failed.close()
+            await self.close()
             raise
 
-    return describe
+    async def close(self) -> None:
+        admin, self.admin = self.admin, None
+        if admin is not None:
+            await admin.close()
 
 
 def load_policy(settings: Settings) -> Policy:
@@ -258,7 +263,7 @@ def create_app(
         changelog = changelog_topic(settings)
         watch = PartitionWatch(
             settings.state_topic, changelog, state_partitions, _refusal(settings, changelog),
-            _partition_describer(settings),
+            _PartitionDescriber(settings),
         )
         app.task(watch.watch_forever)
     app.partition_watch = watch  # type: ignore[attr-defined]

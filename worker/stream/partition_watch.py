@@ -76,12 +76,17 @@ class PartitionWatch:
         await self.watch(CHECK_INTERVAL_SECONDS)
 
     async def watch(self, interval: float) -> None:
-        while self.refusal is None:
-            await asyncio.sleep(interval)
-            try:
-                await self.check()
-            except Exception as exc:  # noqa: BLE001 - an unreachable broker is reported by the probe; ask again later
-                log.debug("checking the partitions of %s failed: %r", self.topic, exc)
+        try:
+            while self.refusal is None:
+                await asyncio.sleep(interval)
+                try:
+                    await self.check()
+                except Exception as exc:  # noqa: BLE001 - an unreachable broker is reported by the probe; ask later
+                    log.debug("checking the partitions of %s failed: %r", self.topic, exc)
+        finally:
+            close = getattr(self._describe, "close", None)
+            if close is not None:  # its client, when it keeps one (the worker's does)
+                await asyncio.shield(close())
 
 
 def refusal_message(topic: str, input_topic: str, app_id: str, changelog: str) -> Callable[[dict[str, int]], str]:

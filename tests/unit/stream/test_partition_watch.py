@@ -19,6 +19,10 @@ class Broker:
     def __init__(self, counts: dict[str, int] | Exception) -> None:
         self.counts = counts
         self.asked: list[list[str]] = []
+        self.closed = 0
+
+    async def close(self) -> None:
+        self.closed += 1
 
     async def describe(self, topics: list[str]) -> dict[str, int]:
         self.asked.append(topics)
@@ -27,9 +31,22 @@ class Broker:
         return dict(self.counts)
 
 
+class Describer:
+    """What the worker hands the watch: a callable that keeps a client, closed when watching ends."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    async def __call__(self, topics: list[str]) -> dict[str, int]:
+        return await self.broker.describe(topics)
+
+    async def close(self) -> None:
+        await self.broker.close()
+
+
 def watch(broker: Broker, stops: list[int]) -> PartitionWatch:
     return PartitionWatch(
-        INPUT, CHANGELOG, 4, refusal_message(INPUT, INPUT, "cw", CHANGELOG), broker.describe, lambda: stops.append(1),
+        INPUT, CHANGELOG, 4, refusal_message(INPUT, INPUT, "cw", CHANGELOG), Describer(broker), lambda: stops.append(1),
     )
 
 
@@ -88,3 +105,4 @@ def test_watching_goes_on_past_a_broker_error_and_ends_with_the_refusal() -> Non
 
     asyncio.run(scenario())
     assert stops == [1] and watching.refusal is not None
+    assert broker.closed == 1, "its client is closed when watching ends"
