@@ -61,6 +61,7 @@ class PrometheusMonitor(faust_prometheus.PrometheusMonitor):
             for message in tracked:
                 by_topic[message.tp.topic] += 1
                 read_offsets[message.tp] = message.offset
+                message.time_in = now  # as Faust's on_message_in: the decide agent's latency metric reads it
         count = len(events)
         self.events_total += count
         inbound = self.stream_inbound_time

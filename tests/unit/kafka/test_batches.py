@@ -136,6 +136,8 @@ def read_and_ack(app: faust.App, offsets: range) -> None:
             queue.put_nowait(event(app, offset, generation_id=7))
         batch = await asyncio.wait_for(anext(batches), 5)
         await batches.aclose()
+        # The decide agent's latency metric reads when each message came in (worker/stream/agent.py).
+        assert all(queued.message.time_in is not None for queued, _ in batch)
         ack_batch(stream, batch)
 
     app.loop.run_until_complete(read())
