@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from worker.commands.errors import describe_error
 from worker.core.clock import format_timestamp
 from worker.core.errors import ComplianceError, ErrorCode
 from worker.core.policy import parse_instant
@@ -366,7 +367,7 @@ async def replay(
             try:
                 await asyncio.shield(future)
             except Exception as exc:  # noqa: BLE001 - whatever the broker said ends the replay
-                raise _Refused(_describe(exc)) from exc
+                raise _Refused(describe_error(exc)) from exc
             in_flight.popleft()
             summary.replayed += 1
 
@@ -393,7 +394,7 @@ async def replay(
                         future = await send(verdict.replay)
                     except Exception as exc:  # noqa: BLE001 - refused before sending (e.g. too large): same as by the broker
                         unacknowledged.append((record.partition, record.offset))
-                        raise _Refused(_describe(exc)) from exc
+                        raise _Refused(describe_error(exc)) from exc
                     in_flight.append((record.partition, record.offset, future))
                     await settle(MAX_IN_FLIGHT)
             elif verdict.kind == SKIPPED:
@@ -416,7 +417,7 @@ async def replay(
         summary.stop(FAILED, f"the broker did not acknowledge a record: {exc}")
         await drain()
     except (KafkaError, OSError) as exc:
-        summary.stop(FAILED, f"reading {summary.dead_letter_topic} failed: {_describe(exc)}")
+        summary.stop(FAILED, f"reading {summary.dead_letter_topic} failed: {describe_error(exc)}")
         await drain()
     finally:
         if progress is not None:
@@ -432,14 +433,6 @@ async def replay(
                 summary.resume[partition] = resume
     return summary
 
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    name, text = exc.__class__.__name__, str(exc)
-    if not text:
-        return name
-    return text if text.startswith(name) else f"{name}: {text}"  # aiokafka's errors name themselves
 
 
 # --- Kafka ----------------------------------------------------------------------------------------------------
@@ -472,7 +465,7 @@ class KafkaDeadLetters:
                     raise ReplayBrokerError(f"the {what} does not exist at {settings.kafka_bootstrap_servers}")
             described = await asyncio.wait_for(admin.describe_topics([topic, self.target_topic]), self.timeout)
         except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-            raise ReplayBrokerError(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {_describe(exc)}") from None
+            raise ReplayBrokerError(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {describe_error(exc)}") from None
         finally:
             await admin.close()
         partitions_of = {t["topic"]: sorted(p["partition"] for p in t["partitions"]) for t in described}
@@ -492,14 +485,14 @@ class KafkaDeadLetters:
         try:
             await asyncio.wait_for(consumer.start(), self.timeout)
         except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-            raise ReplayBrokerError(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {_describe(exc)}") from None
+            raise ReplayBrokerError(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {describe_error(exc)}") from None
         assigned = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(assigned)
         try:
             beginnings = await asyncio.wait_for(consumer.beginning_offsets(assigned), self.timeout)
             ends = await asyncio.wait_for(consumer.end_offsets(assigned), self.timeout)  # last stable offsets
         except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-            raise ReplayBrokerError(f"cannot read the offsets of {topic}: {_describe(exc)}") from None
+            raise ReplayBrokerError(f"cannot read the offsets of {topic}: {describe_error(exc)}") from None
         for tp in assigned:
             self.ranges[tp.partition] = self.filters.offset_range(tp.partition, beginnings[tp], ends[tp])
 
@@ -562,7 +555,7 @@ class KafkaReplayer:
         try:
             await asyncio.wait_for(self._producer.start(), self.timeout)
         except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-            raise ReplayBrokerError(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {_describe(exc)}") from None
+            raise ReplayBrokerError(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {describe_error(exc)}") from None
 
     async def send(self, record: Replay) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = await self._producer.send(

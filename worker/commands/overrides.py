@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
+from worker.commands.errors import describe_error
 from worker.core.clock import format_timestamp
 from worker.core.errors import ComplianceError
 from worker.core.event import MAX_ID_LENGTH
@@ -254,14 +255,6 @@ class Published(NamedTuple):
     warnings: tuple[str, ...]
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    name, text = exc.__class__.__name__, str(exc)
-    if not text:
-        return name
-    return text if text.startswith(name) else f"{name}: {text}"
-
 
 def _options(settings: Settings, timeout: float) -> dict[str, Any]:
     return {
@@ -328,7 +321,7 @@ async def publish_record(
         await asyncio.wait_for(admin.start(), timeout)
         created, partitions, warnings = await asyncio.wait_for(prepare_topic(admin, settings, topic), timeout)
     except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-        raise OverrideBrokerError(f"cannot reach Kafka at {where}: {_describe(exc)}") from None
+        raise OverrideBrokerError(f"cannot reach Kafka at {where}: {describe_error(exc)}") from None
     finally:
         await admin.close()
     producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **_options(settings, timeout))
@@ -336,7 +329,7 @@ async def publish_record(
         await asyncio.wait_for(producer.start(), timeout)
         metadata = await asyncio.wait_for(producer.send_and_wait(topic, value, key=key), timeout)
     except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-        raise OverrideBrokerError(f"cannot publish to {topic} at {where}: {_describe(exc)}") from None
+        raise OverrideBrokerError(f"cannot publish to {topic} at {where}: {describe_error(exc)}") from None
     finally:
         await producer.stop()
     return Published(metadata.topic, metadata.partition, metadata.offset, created, partitions, warnings)
@@ -360,7 +353,7 @@ class TopicReader:
             await asyncio.wait_for(admin.start(), self.timeout)
             partitions = await asyncio.wait_for(_topic_partitions(admin, self.topic), self.timeout)
         except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-            raise OverrideBrokerError(f"cannot reach Kafka at {where}: {_describe(exc)}") from None
+            raise OverrideBrokerError(f"cannot reach Kafka at {where}: {describe_error(exc)}") from None
         finally:
             await admin.close()
         if partitions is None:
@@ -377,7 +370,7 @@ class TopicReader:
             beginnings = await asyncio.wait_for(consumer.beginning_offsets(assigned), self.timeout)
             ends = await asyncio.wait_for(consumer.end_offsets(assigned), self.timeout)  # last stable offsets
         except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-            raise OverrideBrokerError(f"cannot read {self.topic} at {where}: {_describe(exc)}") from None
+            raise OverrideBrokerError(f"cannot read {self.topic} at {where}: {describe_error(exc)}") from None
         for tp in assigned:
             stop = ends[tp] if stops is None else min(ends[tp], stops[tp.partition])
             self.ranges[tp.partition] = (beginnings[tp], max(beginnings[tp], stop))
@@ -409,7 +402,7 @@ class TopicReader:
                         del active[tp]
                         consumer.pause(tp)
             except (KafkaError, OSError) as exc:
-                raise OverrideBrokerError(f"reading {self.topic} failed: {_describe(exc)}") from None
+                raise OverrideBrokerError(f"reading {self.topic} failed: {describe_error(exc)}") from None
             if batches or len(active) < unfinished:
                 stalled_since = time.monotonic()
             elif time.monotonic() - stalled_since > self.timeout:

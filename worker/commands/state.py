@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaError
 
+from worker.commands.errors import describe_error
 from worker.core.clock import format_timestamp
 from worker.core.errors import ComplianceError
 from worker.core.partitioning import PARTITIONERS, Detection, Plan, detect, partition_for, plan
@@ -319,14 +320,6 @@ class Progress:
             self.shown = False
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    name, text = exc.__class__.__name__, str(exc)
-    if not text:
-        return name
-    return text if text.startswith(name) else f"{name}: {text}"
-
 
 class Kafka:
     """The admin client, consumers and producer one migration uses, all with the worker's connection settings."""
@@ -344,7 +337,7 @@ class Kafka:
         try:
             return await asyncio.wait_for(call, self.timeout)
         except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-            raise MigrateBrokerError(f"{what}: {_describe(exc)}") from None
+            raise MigrateBrokerError(f"{what}: {describe_error(exc)}") from None
 
     async def start(self) -> None:
         self.admin = AIOKafkaAdminClient(**self.options)
@@ -506,7 +499,7 @@ class Sender:
             try:
                 await asyncio.shield(future)
             except Exception as exc:  # noqa: BLE001 - whatever the broker said ends the migration
-                raise MigrateBrokerError(f"the broker did not acknowledge a record: {_describe(exc)}") from exc
+                raise MigrateBrokerError(f"the broker did not acknowledge a record: {describe_error(exc)}") from exc
             self.in_flight.popleft()
             self.on_acked()
 

@@ -9,11 +9,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from tests.integration.conftest import WorkerProcess
 from tests.integration.kafka import consume, create_topics, decision_ids_by_event, produce
+from tests.integration.test_state_and_policy import log_events
 from worker.core import decode_event
 from worker.commands.sample import generate
 
@@ -32,18 +32,6 @@ def produce_steadily(bootstrap: str, topic: str, messages: list[tuple[bytes | No
         time.sleep(max(0.0, 0.1 - (time.monotonic() - began)))
 
 
-def log_entries(worker: WorkerProcess) -> list[dict[str, Any]]:
-    entries = []
-    for line in worker.log_path.read_text(errors="replace").splitlines():
-        try:
-            entry = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(entry, dict):
-            entries.append(entry)
-    return entries
-
-
 def in_recovery(entry: dict[str, Any], inside: dict[str, Any] | None) -> dict[str, Any] | None:
     """After this log entry: the line that began the table recovery under way, or None outside one (generation 1,
     the worker's own start, does not count)."""
@@ -59,7 +47,7 @@ def in_recovery(entry: dict[str, Any], inside: dict[str, Any] | None) -> dict[st
 
 def recovering(worker: WorkerProcess) -> bool:
     inside = None
-    for entry in log_entries(worker):
+    for entry in log_events(worker):
         inside = in_recovery(entry, inside)
     return inside is not None
 
@@ -67,7 +55,7 @@ def recovering(worker: WorkerProcess) -> bool:
 def stopped_inside_recovery(worker: WorkerProcess) -> tuple[bool, str]:
     """Whether the SIGTERM reached the worker inside a table recovery, with the log lines that say so."""
     inside = None
-    for entry in log_entries(worker):
+    for entry in log_events(worker):
         if entry.get("logger") == "faust.worker" and SIGTERM_RECEIVED.search(str(entry.get("message", ""))):
             where = f"signal at {entry.get('time')}"
             if inside is None:
@@ -115,7 +103,7 @@ def stop_the_first_right_after_the_second_joins(kafka: str, where: Path) -> tupl
         assert first.stop() == 0, first.tail_log()
         took = time.monotonic() - stopped_at
         inside, how = stopped_inside_recovery(first)
-        skipped = sum(e.get("count", 0) for e in log_entries(first) if e.get("event") == "stale_generation_skipped")
+        skipped = sum(e.get("count", 0) for e in log_events(first) if e.get("event") == "stale_generation_skipped")
         how += f"; {skipped} events fetched before the rebalance dropped"
         print(f"first worker stopped {took:.1f}s after SIGTERM; {how}")
         feed.join(120)
