@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
+
+from worker.core.partitioning import murmur2
 
 NO_HEADERS: list[tuple[str, bytes]] = []  # never mutated: what BatchBuilder.append takes for none
 PARTITION_CACHE_SIZE = 65_536  # keys whose partition is remembered, per topic
+
+
+def murmur2_partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """aiokafka's ``DefaultPartitioner`` (Java's for keyed records) with the core's murmur2, which is faster."""
+    if key is None:
+        return random.choice(available or all_partitions)
+    return all_partitions[(murmur2(key) & 0x7FFFFFFF) % len(all_partitions)]
 
 
 class Outbox:
@@ -33,7 +42,7 @@ class Outbox:
         self, producer: Callable[[], AIOKafkaProducer], partitioner: Callable[..., int] | None = None
     ) -> None:
         self._producer = producer  # looked up per batch: Faust replaces its producer when it restarts it
-        self._partitioner = partitioner or DefaultPartitioner()
+        self._partitioner = partitioner or murmur2_partitioner
         self._builders: dict[tuple[str, int], Any] = {}
         self._deliveries: list[asyncio.Future[Any]] = []
         # What the last flush sent: (topic, partition, delivery future, records), for callers that need the offsets.
@@ -41,6 +50,25 @@ class Outbox:
         self._sending: list[tuple[str, int, asyncio.Future[Any], int]] = []
         self._partitions: dict[str, tuple[list[int], dict[bytes, int]]] = {}
         self._checked: set[str] = set()  # topics whose partitions were looked up for this batch
+
+    def append(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+        headers: list[tuple[str, bytes | None]] | None = None,
+    ) -> bool:
+        """Add a record when that needs no wait: False (nothing added) when the caller must ``await add`` instead.
+
+        That is when the record's builder is full, or when the topic's partitions are not yet looked up for this
+        batch. Per record a coroutine costs about as much as the append itself; most records need none.
+        """
+        if partition is None:
+            if topic not in self._checked:
+                return False
+            partition = self._partition_for_key(topic, key)
+        builders = self._builders
+        builder = builders.get((topic, partition))
+        if builder is None:
+            builder = builders[(topic, partition)] = self._producer().create_batch()
+        return builder.append(timestamp=None, key=key, value=value, headers=headers or NO_HEADERS) is not None
 
     async def add(
         self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
@@ -92,8 +120,10 @@ class Outbox:
             if known is None or known[0] != partitions:
                 known = self._partitions[topic] = (partitions, {})
             self._checked.add(topic)
-        assert known is not None
-        partitions, by_key = known
+        return self._partition_for_key(topic, key)
+
+    def _partition_for_key(self, topic: str, key: bytes | None) -> int:
+        partitions, by_key = self._partitions[topic]
         if key is None:
             return int(self._partitioner(key, partitions, partitions))
         partition = by_key.get(key)

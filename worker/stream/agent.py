@@ -74,7 +74,7 @@ def register_decide(
         exactly_once = app.in_transaction
         send = app.producer.send
         process = runtime.processor.process
-        add = outbox.add
+        append, add = outbox.append, outbox.add
         now = time.time()
         deliveries: list[Awaitable[Any]] = []
         outcomes = []
@@ -98,7 +98,7 @@ def register_decide(
                     )
                 elif outcome.kind is DEAD_LETTER:
                     deliveries.append(await send(dead_letter_name, outcome.key, outcome.value, None, None, headers))
-                else:
+                elif not append(decisions_name, outcome.key, outcome.value, None, headers):
                     await add(decisions_name, outcome.key, outcome.value, headers=headers)
                 outcomes.append(outcome)
             if store is not None:
@@ -122,8 +122,10 @@ def register_decide(
                 changelog_sent = [(partition, delivery, 1) for (partition, _, _), delivery in zip(writes, sent)]
             else:
                 changelog = store.changelog_topic
+                append = outbox.append
                 for partition, key, value in writes:
-                    await outbox.add(changelog, key, value, partition)
+                    if not append(changelog, key, value, partition):
+                        await outbox.add(changelog, key, value, partition)
         if not exactly_once:
             deliveries.extend(await outbox.flush())
             if store is not None and writes:
@@ -171,7 +173,8 @@ def register_route(
                     await transactions.send(message.partition, target, outcome.key, outcome.value, headers=headers)
                 )
             elif outcome.kind is FORWARD:
-                await outbox.add(target, outcome.key, outcome.value, headers=headers)
+                if not outbox.append(target, outcome.key, outcome.value, None, headers):
+                    await outbox.add(target, outcome.key, outcome.value, headers=headers)
             else:
                 deliveries.append(await app.producer.send(target, outcome.key, outcome.value, None, None, headers))
             outcomes.append(outcome)
