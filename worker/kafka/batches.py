@@ -8,6 +8,8 @@ from typing import Any
 
 import faust
 from faust.types import EventT, Message
+from faust.types.tuples import ConsumerMessage, ack_lock
+from mode.utils.futures import notify
 
 log = logging.getLogger("worker.agents")
 
@@ -117,11 +119,47 @@ def ack_batch(stream: faust.StreamT, batch: Sequence[tuple[EventT, Any]]) -> Non
         for event, sensor_state in batch:
             ack(stream, event, sensor_state)
         return
-    messages_out = 0
-    for event, _ in batch:
-        if event.ack():
-            messages_out += 1
+    messages_out = ack_messages(stream.app.consumer, [event.message for event, _ in batch])
     monitor.on_batch_out(len(batch), messages_out, state)
+
+
+def ack_messages(consumer: Any, messages: Sequence[Message]) -> int:
+    """``Event.ack`` of each message, under one hold of Faust's ``ack_lock``; how many were final acks it counted.
+
+    Per event, Faust takes the lock three times (``Message.ack``, ``decref``, ``Consumer.ack``) and wakes the
+    consumer's ack waiter; here that is once per batch, with the same bookkeeping: a message's final ack (its
+    last stream) marks its offset done unless it is below the committed offset or already done.
+    """
+    acked = 0
+    committed_offsets = consumer._committed_offset  # noqa: SLF001 - the state Consumer.ack keeps
+    acked_indexes, acked_lists = consumer._acked_index, consumer._acked  # noqa: SLF001
+    unacked = consumer._unacked_messages  # noqa: SLF001
+    acks_enabled_for = consumer.app.topics.acks_enabled_for
+    with ack_lock:
+        for message in messages:
+            if message.acked:
+                continue
+            refcount = message.refcount = max(message.refcount - 1, 0)
+            if refcount:
+                continue
+            if type(message).on_final_ack is not ConsumerMessage.on_final_ack:  # pragma: no cover - not Faust's consumer's
+                acked += bool(message.on_final_ack(consumer))
+                continue
+            message.acked = True
+            if not acks_enabled_for(message.topic):
+                continue
+            tp, offset = message.tp, message.offset
+            committed = committed_offsets[tp]
+            if committed is None or offset >= committed:
+                acked_index = acked_indexes[tp]
+                if offset not in acked_index:
+                    unacked.discard(message)
+                    acked_index.add(offset)
+                    acked_lists[tp].append(offset)
+                    consumer._n_acked += 1  # noqa: SLF001
+                    acked += 1
+        notify(consumer._waiting_for_ack)  # noqa: SLF001
+    return acked
 
 
 class BatchState(dict):  # type: ignore[type-arg]

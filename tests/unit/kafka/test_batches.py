@@ -10,7 +10,7 @@ import pytest
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
-from worker.kafka.batches import ack_batch, batch_monitor
+from worker.kafka.batches import ack_batch, ack_messages, batch_monitor
 from worker.stream.agent import event_batches
 from worker.stream.app import create_app
 from worker.core import load_bundled_policy
@@ -174,3 +174,55 @@ def test_fausts_sensor_delegate_calls_every_sensor_for_each_event(app: faust.App
     for offset in range(3):
         app.sensors.on_stream_event_in(PARTITION, offset, stream, event(app, offset, generation_id=7))
     assert calls == [0, 1, 2]
+
+
+def ack_scenario(app: faust.App) -> list[ConsumerMessage]:
+    """Messages as a batch may hold them: fresh ones, a repeated offset, one below the committed offset, one
+    already acked, one a second stream still holds, and one of a topic whose offsets are not committed."""
+    consumer = app.consumer
+    consumer._acked.clear()
+    consumer._acked_index.clear()
+    consumer._n_acked = 0
+    consumer._committed_offset[PARTITION] = 100
+
+    def message(offset: int, topic: str = TOPIC, refcount: int = 1) -> ConsumerMessage:
+        made = ConsumerMessage(topic, 0, offset, 0.0, 0, {}, b"key", b"{}", None, tp=TP(topic, 0), generation_id=7)
+        made.refcount = refcount
+        made.tracked = True
+        consumer._unacked_messages.add(made)
+        return made
+
+    done = message(99)
+    done.acked = True
+    return [
+        *(message(offset) for offset in range(100, 106)), message(103), message(50), done,
+        message(106, refcount=2), message(107), message(5, topic="not-acked"),
+    ]
+
+
+def ack_outcome(app: faust.App, messages: list[ConsumerMessage], acked: int) -> dict[str, object]:
+    consumer = app.consumer
+    return {
+        "acked": acked,
+        "offsets": dict(consumer._acked), "index": dict(consumer._acked_index), "n_acked": consumer._n_acked,
+        "unacked": sorted(m.offset for m in consumer._unacked_messages if m in messages),
+        "messages": [(m.offset, m.acked, m.refcount) for m in messages],
+        "new_offset": consumer._new_offset(PARTITION),
+    }
+
+
+def test_canary_a_batch_ack_keeps_the_books_fausts_per_event_acks_keep(app: faust.App) -> None:
+    # When this fails, Faust's Message.ack or Consumer.ack changed: worker/kafka/batches.py:ack_messages must follow.
+    messages = ack_scenario(app)
+    fausts = ack_outcome(app, messages, sum(message.ack(app.consumer) for message in messages))
+    messages = ack_scenario(app)
+    ours = ack_outcome(app, messages, ack_messages(app.consumer, messages))
+    assert ours == fausts
+    assert fausts["acked"] == 7 and fausts["new_offset"] == 106, "100-105 and 107 done; 106 still held"
+
+
+def test_a_batch_ack_wakes_the_consumer_waiting_for_acks(app: faust.App) -> None:
+    consumer = app.consumer
+    waiter = consumer._waiting_for_ack = app.loop.create_future()
+    ack_messages(consumer, ack_scenario(app))
+    assert waiter.done()
