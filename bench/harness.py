@@ -68,6 +68,7 @@ DEFAULT_BENCHES = ("core", "raw_aiokafka", "confluent_raw", "quix_streams", "nai
                    "latency", "latency_hot", "override", "scale", "rss", "compression", "state")
 OVERRIDE_COUNT = 200
 OVERRIDE_RATE = 20  # overrides per second: staff set them one at a time
+LATENCY_WARMUP_S = 3.0
 HOT_PRODUCTS = 600  # latency_hot: as the independent measurement of issue 16 (p99 97-110 ms where latency had 30)
 # The benches that run one process over the pre-loaded input: the summary reports each one's peak RSS.
 PROCESS_BENCHES = ("raw_aiokafka", "confluent_raw", "quix_streams", "naive_faust", "worker", "exactly_once")
@@ -208,6 +209,8 @@ class Outputs:
         self.latencies_ms: array[int] | None = None
         self.latency_sent_ms = array("q")  # input timestamp of each latency sample
         self.input_ts: dict[int, array[int]] | None = None
+        self.measured_from: dict[int, int] = {}  # per input partition: the first offset past the warm-up
+        self.warmup_latencies_ms = array("q")
 
     def add(self, message: Any) -> None:
         self.count += 1
@@ -230,8 +233,11 @@ class Outputs:
         seen[offset] = 1
         if self.input_ts is not None and self.latencies_ms is not None:
             sent = self.input_ts[partition][offset]
-            self.latencies_ms.append(message.timestamp - sent)
-            self.latency_sent_ms.append(sent)
+            if offset >= self.measured_from.get(partition, 0):
+                self.latencies_ms.append(message.timestamp - sent)
+                self.latency_sent_ms.append(sent)
+            else:
+                self.warmup_latencies_ms.append(message.timestamp - sent)
 
     @property
     def missing(self) -> int:
@@ -301,11 +307,14 @@ def p99_after(outputs: Outputs, skip_ms: int) -> int | None:
     return later[min(len(later) - 1, int(0.99 * len(later)))] if later else None
 
 
-async def read_outputs(kafka: Kafka, topics: Topics, input_ts: dict[int, array[int]] | None = None) -> Outputs:
+async def read_outputs(
+    kafka: Kafka, topics: Topics, input_ts: dict[int, array[int]] | None = None, measured_from: dict[int, int] | None = None,
+) -> Outputs:
     ends = await kafka.observer.end_offsets(topics.input_tps())
     outputs = Outputs(topics, {tp.partition: end for tp, end in ends.items()})
     if input_ts is not None:
         outputs.input_ts, outputs.latencies_ms = input_ts, array("q")
+        outputs.measured_from = measured_from or {}
     await kafka.scan(topics.output_tps(), outputs.add)
     if outputs.create_time_records:
         raise HarnessError(f"{outputs.create_time_records} output records carry CreateTime, not the broker's LogAppendTime")
@@ -594,13 +603,26 @@ class BrokerBenches:
         await self.kafka.create(topics)
         load = os.getloadavg()[0]
         proc = make(topics).start()
+        source = itertools.cycle(events or self.events)
+        warmup_sent = 0
+        measured_from: dict[int, int] = {}
         try:
             await procs.wait_assigned(proc, 120)
-            say(f"{name}: {proc.name} ready; producing {args.latency_rate:,} events/s for {args.latency_seconds:g}s")
+            if args.latency_warmup > 0:
+                # New topics' first seconds measure the broker's new log segments more than the process: see
+                # docs/performance.md (latency warm-up). Measured from there on, the warm-up reported apart.
+                say(f"{name}: {proc.name} ready; warm-up: {args.latency_rate:,} events/s for {args.latency_warmup:g}s")
+                warmup_sent, _, _ = await self._paced_produce(
+                    topics.input, source, args.latency_rate, args.latency_warmup
+                )
+                await self._run_to_completion(f"{name} warm-up", topics, warmup_sent, [proc])
+                ends = await self.kafka.observer.end_offsets(topics.input_tps())
+                measured_from = {tp.partition: end for tp, end in ends.items()}
+            say(f"{name}: producing {args.latency_rate:,} events/s for {args.latency_seconds:g}s")
             sent, produce_s, max_behind = await self._paced_produce(
-                topics.input, itertools.cycle(events or self.events), args.latency_rate, args.latency_seconds
+                topics.input, source, args.latency_rate, args.latency_seconds
             )
-            await self._run_to_completion(name, topics, sent, [proc])
+            await self._run_to_completion(name, topics, warmup_sent + sent, [proc])
         finally:
             exit_code = proc.stop()
         input_ts: dict[int, array[int]] = {tp.partition: array("q") for tp in topics.input_tps()}
@@ -612,8 +634,9 @@ class BrokerBenches:
             column.append(message.timestamp)
 
         await self.kafka.scan(topics.input_tps(), keep_input_timestamp)
-        outputs = await read_outputs(self.kafka, topics, input_ts)
+        outputs = await read_outputs(self.kafka, topics, input_ts, measured_from)
         latencies = sorted(outputs.latencies_ms or [])
+        warmup = sorted(outputs.warmup_latencies_ms)
 
         def pct(q: float) -> float:
             return float(latencies[min(len(latencies) - 1, int(q * len(latencies)))])
@@ -629,6 +652,10 @@ class BrokerBenches:
             "max_ms": float(latencies[-1]),
             "mean_ms": round(sum(latencies) / len(latencies), 2),
             "producer_max_behind_ms": round(max_behind * 1000, 1),
+            "warmup_s": args.latency_warmup,
+            "warmup_events": warmup_sent,
+            "warmup_p99_ms": float(warmup[min(len(warmup) - 1, int(0.99 * len(warmup)))]) if warmup else None,
+            "warmup_max_ms": float(warmup[-1]) if warmup else None,
             "duplicates": outputs.duplicates,
             "missing": outputs.missing,
             "per_second_p99_ms": per_second_p99(outputs),
@@ -947,6 +974,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="distinct products (one event each) of the state bench (default 1,000,000)")
     parser.add_argument("--latency-rate", type=int, default=5000, help="events/s of the latency bench (default 5,000)")
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="how long it produces (default 20)")
+    parser.add_argument("--latency-warmup", type=float, default=LATENCY_WARMUP_S,
+                        help=f"seconds at --latency-rate before the measured ones, reported apart (default "
+                             f"{LATENCY_WARMUP_S:g}; 0: none)")
     parser.add_argument("--override-count", type=int, default=OVERRIDE_COUNT,
                         help=f"overrides set by the override bench (default {OVERRIDE_COUNT})")
     parser.add_argument("--hot-products", type=int, default=HOT_PRODUCTS,
@@ -971,9 +1001,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.rss_products is not None and args.rss_products < 0:
         parser.error("--rss-products must be 0 or positive")
     if min(args.events, args.rss_events, args.latency_rate, args.partitions, args.state_products, args.hot_products) < 1 \
-            or args.latency_seconds <= 0:
+            or args.latency_seconds <= 0 or args.latency_warmup < 0:
         parser.error("--events, --rss-events, --state-products, --latency-rate, --latency-seconds and --partitions "
-                     "must be positive")
+                     "must be positive, --latency-warmup 0 or more")
     return args
 
 

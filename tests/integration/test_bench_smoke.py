@@ -25,7 +25,8 @@ def test_every_bench_prints_one_json_line_and_a_summary(kafka: str, tmp_path: Pa
         [
             sys.executable, "-m", "bench", "--events", str(EVENTS),
             "--only", "core,raw_aiokafka,confluent_raw,quix_streams,naive_faust,worker,latency,latency_hot,override,scale",
-            "--core-repeats", "1", "--latency-rate", "1000", "--latency-seconds", "1", "--hot-products", "50", "--override-count", "5",
+            "--core-repeats", "1", "--latency-rate", "1000", "--latency-seconds", "1", "--latency-warmup", "0.5",
+            "--hot-products", "50", "--override-count", "5",
             "--bootstrap", kafka, "--log-dir", str(tmp_path / "bench"),
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -55,6 +56,9 @@ def test_every_bench_prints_one_json_line_and_a_summary(kafka: str, tmp_path: Pa
     for name in ("latency", "latency_hot"):
         latency = by_bench[name]
         assert (latency["events"], latency["missing"], latency["duplicates"]) == (1000, 0, 0), name
+        # The warm-up's events are decided too (missing counts them) but measured apart.
+        assert (latency["warmup_s"], latency["warmup_events"]) == (0.5, 500), name
+        assert 0 <= latency["warmup_p99_ms"] <= latency["warmup_max_ms"], name
         assert 0 <= latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"], name
         assert latency["p99_after_first_second_ms"] is None or latency["p99_after_first_second_ms"] <= latency["max_ms"]
     assert by_bench["latency_hot"]["products"] == 50
