@@ -796,19 +796,27 @@ class BrokerBenches:
         )
         mark = min(args.events, count)
         at_mark: dict[str, int] = {}
+        at_mark_cache: list[float | None] = []
         proc = procs.worker(self.bootstrap, topics, f"bench-{self.run_id}-rss", self.log_dir / "rss-worker.log")
 
         series: dict[int, float] = {}  # RSS (MiB) when each further tenth of the input had its output
+        cache_series: dict[int, float | None] = {}  # the RocksDB cache's usage (MiB) at the same moments
         before_first_output: list[int] = []
+
+        def state_cache_mb() -> float | None:
+            usage = proc.metric_sums("compliance_state_cache_bytes")
+            return None if usage is None else round(usage / 2**20, 1)
 
         def poll(total: int) -> None:
             if not total:
                 before_first_output[:] = [proc.rss_kb]
             if total >= mark and not at_mark:
                 at_mark.update(handled=total, rss=proc.rss_kb, peak=proc.peak_rss_kb)
+                at_mark_cache[:] = [state_cache_mb()]
             tenth = min(10, total * 10 // count)
             if tenth and tenth not in series and proc.rss_kb:
                 series[tenth] = mib(proc.rss_kb)
+                cache_series[tenth] = state_cache_mb()
 
         say(f"rss: {count:,} events written in {preload_s:.1f}s; starting the worker")
         load = os.getloadavg()[0]
@@ -817,6 +825,7 @@ class BrokerBenches:
             await self._run_to_completion("rss", topics, count, [proc], on_poll=poll)
             proc.sample()
             end_rss, end_peak = proc.rss_kb, proc.peak_rss_kb
+            end_cache = state_cache_mb()
         finally:
             exit_code = proc.stop()
         outputs = await read_outputs(self.kafka, topics)
@@ -834,6 +843,10 @@ class BrokerBenches:
             "peak_rss_mb": mib(end_peak),
             "peak_growth": round(end_peak / at_mark["peak"], 3),
             "rss_mb_by_tenth": [series.get(tenth) for tenth in range(1, 11)],
+            # RocksDB's block cache with memtables and index blocks: bounded by STATE_CACHE_MB, filled as data moves
+            "state_cache_mb_at_mark": at_mark_cache[0] if at_mark_cache else None,
+            "state_cache_mb_at_end": end_cache,
+            "state_cache_mb_by_tenth": [cache_series.get(tenth) for tenth in range(1, 11)],
             "duplicates": outputs.duplicates,
             "missing": outputs.missing,
             "loadavg_1m_before": round(load, 2),

@@ -140,3 +140,28 @@ def test_the_state_bench_on_a_few_thousand_products(kafka: str, tmp_path: Path) 
     for target in ("state_peak_rss<=1GiB", "state_restart_ready<=30s", "state_rocksdb>=0.85x_memory"):
         assert isinstance(summary["targets"][target], bool), target
     assert summary["targets"]["latency_p99<50ms"] is None  # latency was not asked for
+
+
+def test_the_rss_bench_reads_the_state_cache_beside_the_rss(kafka: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "bench", "--only", "rss", "--rss-events", str(3 * EVENTS), "--events", str(EVENTS),
+            "--bootstrap", kafka, "--log-dir", str(tmp_path / "bench"),
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}"
+    rss, summary = (orjson.loads(line) for line in result.stdout.splitlines())
+    assert (rss["bench"], summary["bench"], summary["errors"]) == ("rss", "summary", []), result.stderr[-4000:]
+    assert (rss["events"], rss["mark_events"], rss["missing"], rss["duplicates"], rss["exit_code"]) == (
+        3 * EVENTS, EVENTS, 0, 0, 0)
+    assert 0 < rss["peak_rss_mb_at_mark"] <= rss["peak_rss_mb"]
+    assert rss["peak_growth"] == round(rss["peak_rss_mb"] / rss["peak_rss_mb_at_mark"], 3)
+    # The RocksDB cache's gauge was read (an absent gauge is None, not 0) at the mark, the end and every tenth seen.
+    assert rss["state_cache_mb_at_mark"] is not None and rss["state_cache_mb_at_end"] is not None, rss
+    assert 0 < rss["state_cache_mb_at_mark"] < rss["rss_mb_at_mark"]
+    assert 0 < rss["state_cache_mb_at_end"] < rss["rss_mb_at_end"]
+    assert rss["rss_mb_by_tenth"][-1] is not None
+    for rss_mb, cache_mb in zip(rss["rss_mb_by_tenth"], rss["state_cache_mb_by_tenth"]):
+        assert (rss_mb is None) == (cache_mb is None) and (cache_mb is None or 0 < cache_mb < rss_mb)
+    assert isinstance(summary["targets"]["rss_flat_within_10%"], bool)
