@@ -144,7 +144,8 @@ up() {
     local tool=("$JAVA" -Dlog4j2.configurationFile="$DIR/log4j2.properties" -cp "$LIBS/*" kafka.tools.StorageTool)
     local cluster_id="${KAFKA_CLUSTER_ID:-$("${tool[@]}" random-uuid)}"
     # shellcheck disable=SC2086  # KAFKA_FORMAT_ARGS is a list of arguments
-    "${tool[@]}" format --ignore-formatted -t "$cluster_id" -c "$DIR/server.properties" ${KAFKA_FORMAT_ARGS:-} \
+    # --cluster-id=ID, not -t ID: a base64url id may begin with '-', which argparse4j would read as an option.
+    "${tool[@]}" format --ignore-formatted --cluster-id="$cluster_id" -c "$DIR/server.properties" ${KAFKA_FORMAT_ARGS:-} \
       >>"$LOG" 2>&1 || fail "formatting storage in $DIR/data failed"
   fi
   setsid "$JAVA" -Xms256m -Xmx512m -XX:+UseSerialGC -XX:+ExitOnOutOfMemoryError \

@@ -58,6 +58,13 @@ class Node:
         return f"127.0.0.1:{self.port}"
 
 
+def kafka_cluster_id() -> str:
+    """16 random bytes in base64url without padding, never beginning with '-', as Kafka's Uuid.randomUuid draws them."""
+    while (cluster_id := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+        pass
+    return cluster_id
+
+
 @dataclass
 class KafkaCluster:
     """Three combined broker+controller nodes sharing one cluster id and quorum, each with its own ports and home."""
@@ -74,8 +81,7 @@ class KafkaCluster:
             node_id: Node(node_id, free_port(), free_port(), self.base / f"node-{node_id}")
             for node_id in range(1, self.size + 1)
         }
-        # Any 16 random bytes, base64url without padding, is a valid KRaft cluster id.
-        self.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        self.cluster_id = kafka_cluster_id()
 
     @property
     def voters(self) -> str:
