@@ -15,7 +15,9 @@ from faust.stores import rocksdb as faust_rocksdb
 from faust.types import TP, EventT
 
 # Each partition's RocksDB database: a memtable of this size is flushed to disk; two may exist while one flushes.
-WRITE_BUFFER_BYTES = 8 * 1024 * 1024
+# Small, so the shared cache is full within the first ~200,000 events and RSS stays flat after (8 MiB: RSS still
+# +25% from the 200,000th event to the millionth; docs/performance.md, "What the rss bench's growth is").
+WRITE_BUFFER_BYTES = 2 * 1024 * 1024
 MAX_OPEN_FILES = 1000  # per database; the process limit is far above what 4-16 partitions' files need
 SCAN_CHUNK = 500  # records per step of a partition scan (the re-screening iterates with it)
 
