@@ -225,9 +225,11 @@ class WorkerProcess:
                 self._log = None
 
     def tail_log(self, lines: int = 60) -> str:
+        """The log's last ``lines``, then its error lines with their tracebacks (a crash's reason is often earlier)."""
         if not self.log_path.exists():
             return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:]) + error_lines(text)
 
 
 @pytest.fixture
@@ -276,3 +278,24 @@ def start_worker(
     yield start
     for process in started:
         process.stop()
+
+
+def error_lines(lines: list[str], most: int = 12) -> str:
+    """The first ``most`` error and critical lines of a JSON log, each with its traceback unescaped; "" if none."""
+    import orjson
+
+    found = []
+    for line in lines:
+        if '"level":"error"' not in line and '"level":"critical"' not in line:
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            found.append(line)
+            continue
+        found.append(f"{record.get('time')} {record.get('logger')}: {record.get('message')}")
+        if record.get("exception"):
+            found.append(record["exception"])
+        if len(found) >= most:
+            break
+    return "\n--- error lines:\n" + "\n".join(found) if found else ""

@@ -83,6 +83,50 @@ async def event_batches(stream: faust.StreamT, batch_max: int) -> AsyncIterator[
             yield batch
 
 
+def drop_stale(stream: faust.StreamT, batch: list[tuple[EventT, Any]]) -> list[tuple[EventT, Any]]:
+    """The events of ``batch`` still to be processed after a wait; those a rebalance made stale meanwhile are dropped.
+
+    Under exactly_once a batch ``event_batches`` yielded can wait at the commit gate
+    while a rebalance's revoke commits (``Consumer.on_partitions_revoked``, ~400 ms
+    in one CI run). Processed after it, its output went into the old transactions
+    while the flow was stopped, its acks reached the consumer after Faust had reset
+    the revoked partitions' books, and a commit during the recovery that followed
+    committed its state changes past the changelog highwater the recovery had just
+    read. So what went stale while waiting is dropped as ``event_batches`` drops it
+    (``forget``, fetched again from the committed offset), the sensors hear it go,
+    and the consumer's wait for unacked events (the revoke's ``wait_empty``) is woken.
+    """
+    app = stream.app
+    active, generation = app.flow_control.is_active(), app.consumer_generation_id
+    if active and all(event.message.generation_id == generation for event, _ in batch):
+        return batch
+    kept: list[tuple[EventT, Any]] = []
+    dropped: list[tuple[EventT, Any]] = []
+    for item in batch:
+        (kept if active and item[0].message.generation_id == generation else dropped).append(item)
+    consumer = app.consumer
+    unacked = consumer._unacked_messages  # noqa: SLF001 - what the Stream iterator itself uses
+    monitor = batch_monitor(app)
+    tracked = 0
+    for event, sensor_state in dropped:
+        message = event.message
+        tracked += message.tracked
+        forget(message)
+        unacked.discard(message)
+        if monitor is None or not isinstance(sensor_state, BatchState):
+            sensors = app.sensors
+            sensors.on_stream_event_out(message.tp, message.offset, stream, event, sensor_state)
+            sensors.on_message_out(message.tp, message.offset, message)
+    if monitor is not None and isinstance(dropped[0][1], BatchState):
+        monitor.on_batch_dropped(len(dropped), tracked)
+    notify(consumer._waiting_for_ack)  # noqa: SLF001
+    log.info(
+        "dropped %d events that a rebalance made stale while they waited for a commit; they are fetched again",
+        len(dropped), extra={"event": "stale_generation_skipped", "count": len(dropped)},
+    )
+    return kept
+
+
 def forget(message: Message) -> None:
     """Drop a message fetched before a rebalance without marking its offset as done.
 

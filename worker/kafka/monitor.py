@@ -93,6 +93,11 @@ class PrometheusMonitor(faust_prometheus.PrometheusMonitor):
         self.events_runtime.append(time_total)
         self._metrics.events_runtime_latency.observe(self.secs_to_ms(time_total))
 
+    def on_batch_dropped(self, events: int, messages: int) -> None:
+        """Events of a batch ``on_batch_in`` reported, dropped unprocessed (``batches.drop_stale``): no longer active."""
+        self.events_active -= events
+        self.messages_active -= messages
+
     def track_tp_end_offset(self, tp: TP, offset: int) -> None:
         Monitor.track_tp_end_offset(self, tp, offset)
 

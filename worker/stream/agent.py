@@ -12,7 +12,7 @@ from typing import Any, NamedTuple, cast
 import faust
 from faust.types import EventT
 
-from worker.kafka.batches import ack_batch, event_batches
+from worker.kafka.batches import ack_batch, drop_stale, event_batches
 from worker.kafka.consumer import Consumer
 from worker.kafka.outbox import Outbox
 from worker.kafka.transactions import TransactionGate, Transactions
@@ -255,6 +255,10 @@ def _batch_agent(
                     in_flight.result()  # a failed delivery stops the agent before more is sent
                 if gate is not None:
                     await gate.enter()
+                    batch = drop_stale(stream, batch)  # a rebalance may have begun while it waited
+                    if not batch:
+                        gate.leave()
+                        continue
                 try:
                     sent = await handle([event for event, _ in batch])
                 except BaseException as exc:

@@ -10,7 +10,7 @@ import pytest
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
-from worker.kafka.batches import ack_batch, ack_messages, batch_monitor
+from worker.kafka.batches import ack_batch, ack_messages, batch_monitor, drop_stale
 from worker.stream.agent import event_batches
 from worker.stream.app import create_app
 from worker.core import load_bundled_policy
@@ -226,3 +226,41 @@ def test_a_batch_ack_wakes_the_consumer_waiting_for_acks(app: faust.App) -> None
     waiter = consumer._waiting_for_ack = app.loop.create_future()
     ack_messages(consumer, ack_scenario(app))
     assert waiter.done()
+
+
+@pytest.mark.parametrize("per_event", [False, True], ids=["batch", "per-event"])
+def test_a_batch_gone_stale_while_waiting_is_dropped_with_the_books_and_sensors_balanced(
+    app: faust.App, per_event: bool,
+) -> None:
+    app.sensors.add(app.monitor)
+    if per_event:
+        app.sensors.add(faust.Sensor())
+    consumer = app.consumer
+    stream = app.stream(app.topic(TOPIC))
+    stream.task_owner = OWNER  # type: ignore[assignment]
+
+    async def read() -> list[tuple[faust.EventT, object]]:
+        batches = event_batches(stream, 100)
+        queue = aiter(stream.channel).queue
+        for offset in range(10, 15):
+            queue.put_nowait(event(app, offset, generation_id=7))
+        batch = await asyncio.wait_for(anext(batches), 5)
+        await batches.aclose()
+        return batch
+
+    batch = app.loop.run_until_complete(read())
+    assert drop_stale(stream, batch) is batch, "nothing changed meanwhile: the same batch"
+    waiter = consumer._waiting_for_ack = app.loop.create_future()
+    app.consumer_generation_id = 8  # a rebalance while the batch waited
+    assert drop_stale(stream, batch) == []
+    assert waiter.done(), "the consumer's wait for unacked events is woken"
+    assert not consumer._acked[PARTITION] and not consumer._unacked_messages
+    assert all(queued.message.acked for queued, _ in batch), "nothing may ack them later"
+    found = counters(app.monitor)
+    assert (found["messages_active"], found["events_active"]) == (0, 0)
+
+
+def test_only_the_stale_events_of_a_batch_are_dropped(app: faust.App) -> None:
+    stream = app.stream(app.topic(TOPIC))
+    batch = [(event(app, 10, generation_id=6), {}), (event(app, 10, generation_id=7), {})]
+    assert [queued.message.generation_id for queued, _ in drop_stale(stream, batch)] == [7]
