@@ -89,10 +89,10 @@ def drop_stale(stream: faust.StreamT, batch: list[tuple[EventT, Any]]) -> list[t
     Under exactly_once a batch ``event_batches`` yielded can wait at the commit gate
     while a rebalance's revoke commits (``Consumer.on_partitions_revoked``, ~400 ms
     in one CI run). Processed after it, its output went into the old transactions
-    while the flow was stopped, its acks reached the consumer after Faust had reset
-    the revoked partitions' books, and a commit during the recovery that followed
-    committed its state changes past the changelog highwater the recovery had just
-    read. So what went stale while waiting is dropped as ``event_batches`` drops it
+    while the flow was stopped (among them those of a partition another worker took
+    over), and its acks reached the consumer after Faust had reset the revoked
+    partitions' books; the worker crashed in the recovery that followed (one CI run,
+    docs/reliability.md). So what went stale while waiting is dropped as ``event_batches`` drops it
     (``forget``, fetched again from the committed offset), the sensors hear it go,
     and the consumer's wait for unacked events (the revoke's ``wait_empty``) is woken.
     """
