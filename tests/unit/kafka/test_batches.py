@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import faust
 import pytest
@@ -22,11 +23,19 @@ PARTITION = TP(TOPIC, 0)
 
 @pytest.fixture
 def app() -> Iterator[faust.App]:
+    with worker_app() as app:
+        yield app
+
+
+@contextmanager
+def worker_app(**env: str) -> Iterator[faust.App]:
+    """The worker's app (memory state, ``env`` besides) on its own event loop, consumer generation 7, flow active."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "STATE_STORE": "memory"})
+        settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "STATE_STORE": "memory", **env})
         app = create_app(settings, load_bundled_policy())
+        app.in_worker = True  # what `faust worker` sets (Faust's in_transaction needs it)
         app.consumer_generation_id = 7
         app.flow_control.resume()
         app.topics.acking_topics.add(TOPIC)  # what the conductor does once the running worker subscribes

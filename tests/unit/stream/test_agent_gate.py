@@ -8,44 +8,16 @@ from types import SimpleNamespace
 
 import faust
 import pytest
-from faust.types import TP, EventT
-from faust.types.tuples import ConsumerMessage
+from faust.types import EventT
 
-from worker.core import load_bundled_policy
-from worker.settings import Settings
+from tests.unit.kafka.test_batches import PARTITION, TOPIC, event, worker_app
 from worker.stream.agent import Sent, _batch_agent
-from worker.stream.app import create_app
-
-TOPIC = "catalog.product-upserts"
-PARTITION = TP(TOPIC, 0)
-GENERATION = 7
 
 
 @pytest.fixture
 def app() -> Iterator[faust.App]:
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        settings = Settings.from_env({
-            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "STATE_STORE": "memory", "PROCESSING_GUARANTEE": "exactly_once",
-        })
-        app = create_app(settings, load_bundled_policy())
-        app.in_worker = True  # what `faust worker` sets; Faust's in_transaction needs it
-        app.consumer_generation_id = GENERATION
-        app.flow_control.resume()
-        app.topics.acking_topics.add(TOPIC)  # what the conductor does once the running worker subscribes
+    with worker_app(PROCESSING_GUARANTEE="exactly_once") as app:
         yield app
-        app.consumer._thread.thread_loop.close()  # the consumer thread's own loop, created with the consumer
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
-
-
-def event(app: faust.App, offset: int) -> EventT:
-    message = ConsumerMessage(
-        TOPIC, 0, offset, 0.0, 0, {}, b"key", b"{}", None, tp=PARTITION, generation_id=GENERATION
-    )
-    return app.create_event(b"key", b"{}", {}, message)
 
 
 def run_through_gate(app: faust.App, rebalance: str | None) -> tuple[list[list[int]], list[EventT]]:
@@ -66,7 +38,7 @@ def run_through_gate(app: faust.App, rebalance: str | None) -> tuple[list[list[i
     runtime = SimpleNamespace(store=None, metrics=None)
     agent = _batch_agent(app, runtime, topic, "gate-probe", 100, handle, None, state=False)  # type: ignore[arg-type]
     stream = app.stream(topic)
-    events = [event(app, offset) for offset in range(100, 105)]
+    events = [event(app, offset, generation_id=7) for offset in range(100, 105)]
 
     async def scenario() -> None:
         queue = aiter(stream.channel).queue
@@ -84,7 +56,7 @@ def run_through_gate(app: faust.App, rebalance: str | None) -> tuple[list[list[i
                     consumer.stop_flow()
                     app.flow_control.suspend()
                 elif rebalance == "assigned":  # and a new generation's assignment came too
-                    app.consumer_generation_id = GENERATION + 1
+                    app.consumer_generation_id = 8
             async with asyncio.timeout(5):
                 while gate._in_flight or (not handled and rebalance is None):
                     await asyncio.sleep(0.01)
