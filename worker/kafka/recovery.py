@@ -1,18 +1,24 @@
-"""Faust's table recovery, ended at the changelogs' ends past their markers, with a changelog queue kept across resumes."""
+"""Faust's table recovery, ended at the changelogs' ends past their markers; its changelog queue kept and read lean."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, NamedTuple
 
 from faust.tables import TableManager as FaustTableManager
 from faust.tables import recovery as faust_recovery
 from faust.types import TP
 from mode import Service
+from mode.utils.queues import ThrowableQueue
 
 log = logging.getLogger(__name__)
 
 END_CHECK_INTERVAL = 0.05  # seconds between two looks at the consumer while a recovery reads its changelogs
+# Queued changelog records handed to a restore in a row without a turn of the event loop: ~1 ms of its work, so the
+# consumer's drain loop and the web server still get the loop that often.
+READY_IN_A_ROW = 128
 
 
 class ChangelogRead(NamedTuple):
@@ -100,8 +106,76 @@ class Recovery(faust_recovery.Recovery):
         return True
 
 
+class Ready:
+    """A changelog record already queued, awaitable like the ``get()`` it comes from; ``wait_for`` below takes it as is."""
+
+    __slots__ = ("item",)
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.item
+        yield  # pragma: no cover - makes this a generator: awaiting it returns at once
+
+
+class ChangelogQueue(ThrowableQueue):
+    """Faust's changelog queue (mode's ``ThrowableQueue``) whose ``get()`` hands over a queued record during a restore.
+
+    Faust's recovery takes each changelog record with
+    ``asyncio.wait_for(changelog_queue.get(), timeout=5.0)``: on Python 3.11 a
+    task, a timer and two turns of the event loop per record, ~19 µs even with
+    the record already queued, and a restore reads every record of the
+    changelog that way while the worker decides nothing. While
+    ``hand_over_while()`` holds (the recovery restoring the active partitions),
+    ``get()`` returns a ``Ready`` for a queued record, which the recovery
+    module's ``wait_for`` (``install``) returns without a task; every
+    ``READY_IN_A_ROW`` records, when the queue is empty and once the restore is
+    over, it is Faust's own ``get()``. So standby records keep Faust's pace
+    while the worker decides: a standby that took them as fast as they came kept
+    up with the other worker but cost ~20% of each worker's throughput on a
+    backlog (bench ``scale``, docs/performance.md); at Faust's pace it falls
+    behind under a backlog and catches up after it.
+    """
+
+    def __init__(self, *args: Any, hand_over_while: Callable[[], bool], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._hand_over_while = hand_over_while
+        self._ready_in_a_row = 0
+
+    def get(self) -> Awaitable[Any]:  # type: ignore[override] - awaited like the coroutine it replaces
+        if self._ready_in_a_row < READY_IN_A_ROW and self._queue and self._hand_over_while():  # type: ignore[attr-defined]
+            self._ready_in_a_row += 1
+            return Ready(self.get_nowait())  # what Faust's get() returns (an error first), with its pressure-drop callbacks
+        self._ready_in_a_row = 0
+        return super().get()
+
+
+class _AsyncioForRecovery:
+    """``asyncio`` as ``faust.tables.recovery`` sees it: ``wait_for`` of a ``Ready`` record is the record, no task."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    @staticmethod
+    async def wait_for(awaitable: Awaitable[Any], timeout: float | None) -> Any:
+        if type(awaitable) is Ready:
+            return awaitable.item
+        return await asyncio.wait_for(awaitable, timeout)
+
+
+def install() -> None:
+    """Let Faust's recovery take a queued changelog record without a task per record (``ChangelogQueue``); idempotent.
+
+    Changes ``faust.tables.recovery.asyncio`` (the module's only ``wait_for`` is the
+    changelog queue's, in ``Recovery._slurp_changelogs``); everything but a ``Ready``
+    goes to asyncio's own ``wait_for``. Canary: tests/unit/kafka/test_recovery.py.
+    """
+    faust_recovery.asyncio = _AsyncioForRecovery()  # type: ignore[assignment]
+
+
 class TableManager(FaustTableManager):
-    """Faust's table manager with the recovery above, and a changelog queue emptied once per rebalance, not per resume.
+    """Faust's table manager with the recovery above, and a ``ChangelogQueue`` emptied once per rebalance, not per resume.
 
     Faust's changelog queue is cleared each time the app's flow control
     resumes. The recovery resumes it three times: before reading the active
@@ -125,8 +199,10 @@ class TableManager(FaustTableManager):
     @property
     def changelog_queue(self) -> Any:
         if self._changelog_queue is None:
-            self._changelog_queue = self.app.FlowControlQueue(
-                maxsize=self.app.conf.stream_buffer_maxsize, clear_on_resume=False,
+            # What app.FlowControlQueue makes, with get() above.
+            self._changelog_queue = ChangelogQueue(
+                maxsize=self.app.conf.stream_buffer_maxsize, flow_control=self.app.flow_control, clear_on_resume=False,
+                hand_over_while=lambda: bool(self.recovery.in_recovery),
             )
         return self._changelog_queue
 

@@ -56,10 +56,14 @@ class _Held:
     def _restored(self, batch: list[EventT]) -> None:
         if self.on_restored is None or not batch:
             return
-        counts: dict[str, int] = {}
+        by_partition: dict[int, int] = {}
         for event in batch:
-            role = self.role(event.message.partition)
-            counts[role] = counts.get(role, 0) + 1
+            partition = event.message.partition
+            by_partition[partition] = by_partition.get(partition, 0) + 1
+        counts: dict[str, int] = {}
+        for partition, count in by_partition.items():  # role() builds the assignor's standby set: once per partition
+            role = self.role(partition)
+            counts[role] = counts.get(role, 0) + count
         for role, count in counts.items():
             self.on_restored(role, count)
 

@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from worker import __version__
 from worker.core import Policy, load_bundled_policy, load_policy_file
-from worker.kafka import backoff, buffer, codecs, unreadable
+from worker.kafka import backoff, buffer, codecs, recovery, unreadable
 from worker.kafka.consumer import Consumer, Transport
 from worker.kafka.monitor import PrometheusMonitor
 from worker.kafka.probe import BrokerProbe
@@ -471,6 +471,7 @@ def run_worker(settings: Settings) -> int:
     backoff.install()  # before any client exists: an unreachable broker must not be retried in a busy loop
     unreadable.install()  # a batch the worker cannot read stops its partition, not the worker
     codecs.install()  # zstd output batches without a new compression context each
+    recovery.install()  # a restore takes each queued changelog record without a task and a timer
     memory.keep_large_blocks_out_of_the_heap()  # large messages must not leave RSS high after they are gone
     policy = load_policy(settings)  # a bad policy file stops here, before anything connects
     client_options(settings)  # so do unusable certificate or key files

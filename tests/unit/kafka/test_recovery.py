@@ -3,8 +3,10 @@ included, and everything handed over is applied; Faust's own waits for the marke
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ from faust.types import TP
 
 from tests.unit.kafka.test_consumer import fetched, handed_over, make_consumer, run, streaming
 from worker.kafka.consumer import Consumer
-from worker.kafka.recovery import ChangelogRead, Recovery
+from worker.kafka.recovery import READY_IN_A_ROW, ChangelogQueue, ChangelogRead, Recovery, install
 
 CHANGELOG = TP("cw-input-decision-state-changelog", 0)
 HIGHWATER = 10  # Faust's highwater: the end offset (last stable offset, 11) less one; offset 10 is the marker
@@ -252,3 +254,169 @@ def test_the_changelog_queue_keeps_its_records_until_a_rebalance(consumer: Consu
     monkeypatch.setattr(FaustTableManager, "on_rebalance", fausts_on_rebalance)
     run(consumer, tables.on_rebalance(set(), set(), set(), 2))
     assert rebalanced == [0], "emptied before the recovery seeks each partition to what it applied"
+
+
+# --- the changelog queue read without a task per record during a restore -----------------------------------------
+
+RESTORED = TP(CHANGELOG.topic, 2)  # a partition the recovery restores (active)
+STANDBY = TP(CHANGELOG.topic, 1)
+
+
+class Changes:
+    """A table as Faust's recovery applies changelog records to it."""
+
+    recovery_buffer_size = standby_buffer_size = 4
+
+    def __init__(self) -> None:
+        self.applied: list[int] = []
+
+    async def on_changelog_event(self, event: Any) -> None:
+        return None
+
+    def apply_changelog_batch(self, batch: Any) -> None:
+        self.applied.extend(event.message.offset for event in batch)
+
+
+def changelog_record(tp: TP, offset: int) -> Any:
+    return SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset))
+
+
+@pytest.fixture
+def installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(faust_recovery, "asyncio", faust_recovery.asyncio)  # put back after the test
+    install()
+
+
+def counting_tasks(consumer: Consumer) -> list[Any]:
+    created: list[Any] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coroutine: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        created.append(coroutine)
+        return asyncio.Task(coroutine, loop=loop, **kwargs)
+
+    consumer.loop.set_task_factory(factory)  # type: ignore[arg-type]
+    return created
+
+
+def restoring(consumer: Consumer) -> faust_recovery.Recovery:
+    """The recovery restoring RESTORED, far from its end."""
+    recovery = consumer.app.tables.recovery
+    recovery.active_tps.add(RESTORED)
+    recovery.active_highwaters[RESTORED] = 1_000_000
+    recovery.active_offsets[RESTORED] = -1
+    recovery._set_recovery_started()
+    return recovery
+
+
+def replay(consumer: Consumer, tp: TP, records: int) -> tuple[Changes, int]:
+    """Faust's own recovery loop over ``records`` queued records of ``tp``; the table, and the tasks it created."""
+    recovery = consumer.app.tables.recovery
+    table = Changes()
+    if tp == STANDBY:
+        recovery.standby_tps.add(STANDBY)
+    recovery.tp_to_table[tp] = table
+    queue = consumer.app.tables.changelog_queue
+    for offset in range(records):
+        queue.put_nowait(changelog_record(tp, offset))
+    created = counting_tasks(consumer)
+
+    async def until_applied() -> int:
+        slurp = asyncio.ensure_future(faust_recovery.Recovery._slurp_changelogs.fun(recovery))  # type: ignore[attr-defined]
+        before = len(created)
+        try:
+            for _turn in range(100_000):  # turns of the loop, not time: done when the last full buffer is applied
+                if len(table.applied) >= records - records % Changes.standby_buffer_size:
+                    return len(created) - before
+                await asyncio.sleep(0)
+            raise AssertionError(f"applied {len(table.applied)} of {records}")
+        finally:
+            slurp.cancel()
+
+    tasks = run(consumer, until_applied())
+    return table, tasks  # type: ignore[return-value]
+
+
+def test_the_app_s_changelog_queue_hands_over_queued_records(consumer: Consumer) -> None:
+    assert isinstance(consumer.app.tables.changelog_queue, ChangelogQueue)
+
+
+def test_canary_fausts_recovery_takes_each_changelog_record_through_wait_for(consumer: Consumer) -> None:
+    """Why ChangelogQueue and install() exist (so they can go when Faust changes): a task per record."""
+    source = inspect.getsource(faust_recovery)
+    assert source.count("wait_for(") == 1 and "asyncio.wait_for(\n                        changelog_queue.get()" in source
+    consumer.app.tables._changelog_queue = consumer.app.FlowControlQueue(maxsize=1000)  # Faust's own queue
+    restoring(consumer)
+    table, tasks = replay(consumer, RESTORED, 40)
+    assert table.applied == list(range(40))
+    assert tasks >= 40, "Faust's own queue: one task per record"
+
+
+def test_a_restore_replays_queued_records_in_order_without_a_task_each(consumer: Consumer, installed: None) -> None:
+    restoring(consumer)
+    records = READY_IN_A_ROW * 3 + 8
+    table, tasks = replay(consumer, RESTORED, records)
+    assert table.applied == list(range(records))
+    assert tasks <= 4, f"{tasks} tasks for {records} records: one every READY_IN_A_ROW at most"
+
+
+def test_standby_records_keep_fausts_pace_once_the_restore_is_over(consumer: Consumer, installed: None) -> None:
+    assert not consumer.app.tables.recovery.in_recovery
+    table, tasks = replay(consumer, STANDBY, 40)
+    assert table.applied == list(range(40))
+    assert tasks >= 40, "a turn of the loop per record: the agent's backlog comes first"
+
+
+def test_without_install_a_restore_still_gets_its_records_through_asyncio_s_wait_for(consumer: Consumer) -> None:
+    restoring(consumer)
+    table, _tasks = replay(consumer, RESTORED, 40)
+    assert table.applied == list(range(40))
+
+
+def test_the_event_loop_gets_a_turn_every_ready_in_a_row_records(consumer: Consumer, installed: None) -> None:
+    restoring(consumer)
+    queue = consumer.app.tables.changelog_queue
+    for offset in range(READY_IN_A_ROW * 2):
+        queue.put_nowait(offset)
+    taken: list[int] = []
+    other_ran_after: list[int] = []
+
+    async def reader() -> None:
+        consumer.loop.call_soon(lambda: other_ran_after.append(len(taken)))  # e.g. the drain loop, waiting for the loop
+        while not queue.empty():
+            taken.append(await faust_recovery.asyncio.wait_for(queue.get(), timeout=5.0))
+
+    run(consumer, reader())
+    assert taken == list(range(READY_IN_A_ROW * 2))
+    assert other_ran_after == [READY_IN_A_ROW], "the loop turned after READY_IN_A_ROW records, not after all"
+
+
+def test_an_empty_queue_waits_and_an_error_is_raised_as_with_fausts_get(consumer: Consumer, installed: None) -> None:
+    restoring(consumer)
+    queue = consumer.app.tables.changelog_queue
+
+    async def wait_empty() -> None:
+        await faust_recovery.asyncio.wait_for(queue.get(), timeout=0.01)
+
+    with pytest.raises(asyncio.TimeoutError):
+        run(consumer, wait_empty())
+    queue.put_nowait("record")
+    queue._throw(RuntimeError("the consumer failed"))  # what Faust's ThrowableQueue delivers to its reader
+    with pytest.raises(RuntimeError, match="the consumer failed"):
+        run(consumer, wait_empty())
+    assert run(consumer, faust_recovery.asyncio.wait_for(queue.get(), timeout=5.0)) == "record"
+
+
+def test_taking_queued_records_resumes_a_partition_paused_for_pressure(consumer: Consumer, installed: None) -> None:
+    queue = ChangelogQueue(maxsize=10, flow_control=consumer.app.flow_control, hand_over_while=lambda: True)
+    dropped: list[str] = []
+    for offset in range(9):  # the 9th put finds 8 >= 10 / 1.25 queued: pressure high, the conductor pauses
+        queue.put_nowait_enhanced(offset, on_pressure_high=lambda: None, on_pressure_drop=lambda: dropped.append("resume"))
+
+    async def take(count: int) -> None:
+        for _ in range(count):
+            await faust_recovery.asyncio.wait_for(queue.get(), timeout=5.0)
+
+    run(consumer, take(5))
+    assert dropped == [], "5 queued: still above 10 * 0.4"
+    run(consumer, take(1))
+    assert dropped == ["resume"], "at 4 queued the partition is resumed, as Faust's get_nowait does"

@@ -104,6 +104,27 @@ def test_recovery_applies_per_partition_and_counts_by_role(store: Any) -> None:
     assert sorted(p for p, _, _ in store.held()) == [0, 3]
 
 
+def test_a_standby_s_records_count_as_standby_with_one_look_at_the_assignment_per_partition(
+    store: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    looks: list[str] = []
+
+    def assigned_standbys() -> set[Any]:
+        looks.append("look")  # the assignor builds this set afresh each time
+        return {changelog_tp(store, 0)}
+
+    monkeypatch.setattr(store.app.assignor, "assigned_standbys", assigned_standbys)
+    counted: list[tuple[str, int]] = []
+    store.on_restored = lambda role, records: counted.append((role, records))
+    store.apply_changelog_batch(
+        [changelog_event(store, 3, offset, b"P-%d" % offset, b"a") for offset in range(10, 40)]
+        + [changelog_event(store, 0, offset, b"Q-%d" % offset, b"b") for offset in range(5, 25)],
+        to_key=lambda k: k, to_value=lambda v: v,
+    )
+    assert sorted(counted) == [("active", 30), ("standby", 20)]
+    assert len(looks) == 2, "once per partition of the batch, not per record"
+
+
 def test_the_rocksdb_cache_is_one_for_every_partition_and_memtables_are_charged_to_it(tmp_path: Path) -> None:
     for app in make_app("rocksdb", tmp_path):
         store = app.tables[STATE_TABLE].data
