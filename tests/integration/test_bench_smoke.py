@@ -27,7 +27,7 @@ def test_every_bench_prints_one_json_line_and_a_summary(kafka: str, tmp_path: Pa
             sys.executable, "-m", "bench", "--events", str(EVENTS),
             "--only", "core,raw_aiokafka,confluent_raw,quix_streams,naive_faust,worker,latency,latency_hot,override,scale",
             "--core-repeats", "1", "--latency-rate", "1000", "--latency-seconds", "1", "--latency-warmup", "0.5",
-            "--hot-products", "50", "--override-count", "5",
+            "--hot-products", "50", "--override-count", "5", "--scale-rounds", "2",
             "--bootstrap", kafka, "--log-dir", str(tmp_path / "bench"),
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -71,6 +71,11 @@ def test_every_bench_prints_one_json_line_and_a_summary(kafka: str, tmp_path: Pa
     assert scale["input_partitions"] == 2
     assert scale["one_worker"]["workers"] == 1 and scale["two_workers"]["workers"] == 2
     assert scale["two_workers"]["missing"] == 0 and scale["scale_ratio"] > 0
+    assert len(scale["scale_ratios"]) == 2 and scale["scale_ratio"] == min(scale["scale_ratios"]), "the lower middle"
+    assert scale["scale_ratio"] == round(scale["events_per_s"] / scale["one_worker_events_per_s"], 3), "of one round"
+    for phase in ("one_worker", "two_workers"):
+        assert len(scale[phase]["cpu_s"]) == scale[phase]["workers"], phase
+        assert isinstance(scale[phase]["cpu_us_per_event"], float) and scale[phase]["cpu_us_per_event"] >= 0, phase
 
     summary = by_bench["summary"]
     assert summary["cores"] >= 1 and summary["worker_peak_rss_mb"] > 0 and summary["errors"] == []
